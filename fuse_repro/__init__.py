@@ -1,0 +1,1 @@
+"""fuse-repro: a reproducibility pipeline for FUSE (Williams & Kolter, arXiv 2408.04816)."""

@@ -1,0 +1,104 @@
+"""Experiment tracking: a thin wrapper over wandb that every stage can call unconditionally.
+
+``open_tracker`` returns a ``Tracker``; with ``logger=none`` or ``logger.mode=disabled`` its calls
+are no-ops, so stage code never branches on the logger. The run folder stays the source of truth:
+tables and metrics are always built from files, never from the dashboard (STYLE.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from fuse_repro.config import check_choice
+
+log = logging.getLogger(__name__)
+
+
+class Tracker:
+    """Logs to a wandb run when one is open, else does nothing."""
+
+    def __init__(self, run: Any | None = None, log_items: bool = False) -> None:
+        self.run = run
+        self.log_items = log_items and run is not None
+
+    @property
+    def active(self) -> bool:
+        return self.run is not None
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        if self.run is not None:
+            self.run.log(metrics, step=step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if self.run is not None:
+            for key, value in values.items():
+                self.run.summary[key] = value
+
+    def table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+        """Log a wandb.Table; cells that are PIL images become wandb.Image thumbnails."""
+        if self.run is None:
+            return
+        import wandb
+        from PIL import Image
+
+        def cell(value: Any) -> Any:
+            if isinstance(value, Image.Image):
+                thumb = value.copy()
+                thumb.thumbnail((128, 128))
+                return wandb.Image(thumb)
+            return value
+
+        self.run.log({name: wandb.Table(columns=columns, data=[[cell(v) for v in r] for r in rows])})
+
+
+@contextlib.contextmanager
+def open_tracker(
+    cfg: DictConfig, out_dir: Path, job_type: str, extra_config: dict[str, Any] | None = None
+) -> Iterator[Tracker]:
+    """Open a wandb run for this job and always close it, with exit code 1 on failure.
+
+    The resolved config, the git commit and ``extra_config`` (e.g. cache keys) are stored in the
+    run's config. Offline runs land in ``out_dir/wandb`` for ``wandb sync``.
+    """
+    logger_cfg = cfg.get("logger") or OmegaConf.create({"name": "none"})
+    name = logger_cfg.get("name", "none")
+    check_choice("logger.name", name, ("wandb", "none"))
+    mode = logger_cfg.get("mode", "offline") if name == "wandb" else "disabled"
+    check_choice("logger.mode", mode, ("online", "offline", "disabled"))
+    if name == "none" or mode == "disabled":
+        yield Tracker(None)
+        return
+
+    import wandb
+
+    config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    assert isinstance(config, dict)
+    config.pop("hydra", None)
+    config.update(extra_config or {})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(
+        project=logger_cfg.get("project", "fuse-repro"),
+        entity=logger_cfg.get("entity"),
+        group=logger_cfg.get("group"),
+        tags=list(logger_cfg.get("tags") or []),
+        job_type=job_type,
+        name=f"{cfg.get('experiment_name', 'run')}-{job_type}-{out_dir.name}",
+        mode=mode,
+        dir=str(out_dir),
+        config=config,
+        reinit="finish_previous",
+    )
+    tracker = Tracker(run, log_items=bool(logger_cfg.get("log_items", True)))
+    exit_code = 1
+    try:
+        yield tracker
+        exit_code = 0
+    finally:
+        run.finish(exit_code=exit_code)
+        log.info("wandb run closed (%s, exit code %d)", mode, exit_code)
