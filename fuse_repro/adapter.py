@@ -203,7 +203,9 @@ def fit_fuse_maps(
     source: Any, target: Any, cfg: AdapterConfig, words: list[str]
 ) -> tuple[dict[int, torch.Tensor], dict[str, Any], dict[int, int]]:
     """Fit ``M_l`` for l = 1..L. Returns (maps, report, depths). Empty buckets get no map."""
-    dtype = DTYPES[cfg.fit_dtype]
+    # Word tensors stay in the tables' precision (float32 for real models: half the memory);
+    # the solve accumulates in fit_dtype (float64 by default, see tensor.tlstsq on precision).
+    accum = DTYPES[cfg.fit_dtype]
     buckets = make_buckets(
         words,
         source.tokenizer,
@@ -215,6 +217,7 @@ def fit_fuse_maps(
     )
     v_i = source.embedding_table().detach()
     v_j = target.embedding_table().detach()
+    dtype = torch.float64 if torch.float64 in (v_i.dtype, v_j.dtype) else torch.float32
     maps: dict[int, torch.Tensor] = {}
     depths: dict[int, int] = {}
     rows = []
@@ -239,7 +242,7 @@ def fit_fuse_maps(
             continue
         x_i = word_tensor(v_i, bucket.fit_src, bucket.depth, dtype)  # (w, d_i, D)
         x_j = word_tensor(v_j, bucket.fit_tgt, bucket.depth, dtype)  # (w, d_j, D)
-        m = tlstsq(x_i, x_j, rcond=cfg.rcond)  # (d_i, d_j, D)
+        m = tlstsq(x_i, x_j, rcond=cfg.rcond, accum_dtype=accum)  # (d_i, d_j, D)
         mean_j = x_j.mean(dim=0, keepdim=True)  # (1, d_j, D) the mean-embedding baseline
         row["residual_fit"] = relative_residual(tprod(x_i, m), x_j)
         row["baseline_fit"] = relative_residual(mean_j.expand_as(x_j), x_j)
@@ -265,11 +268,12 @@ def fit_fuse_maps(
 
 def fit_token_map(source: Any, target: Any, cfg: AdapterConfig) -> tuple[torch.Tensor, dict[str, Any]]:
     """Section 3.2: ``M = pinv(V_i) @ V_j`` (d_i, d_j) for models sharing one tokenizer."""
-    dtype = DTYPES[cfg.fit_dtype]
-    v_i = source.embedding_table().detach().to("cpu", dtype)
-    v_j = target.embedding_table().detach().to("cpu", dtype)
+    accum = DTYPES[cfg.fit_dtype]
+    v_i = source.embedding_table().detach().to("cpu")
+    v_j = target.embedding_table().detach().to("cpu", v_i.dtype)
     n = min(v_i.shape[0], v_j.shape[0])  # rows past the smaller vocab (padding) have no partner
-    m = tlstsq(v_i[:n, :, None], v_j[:n, :, None], rcond=cfg.rcond)[:, :, 0]  # (d_i, d_j)
+    # (V, d, 1): a depth-1 t-product is the plain matrix product, so tlstsq is pinv(V_i) @ V_j
+    m = tlstsq(v_i[:n, :, None], v_j[:n, :, None], rcond=cfg.rcond, accum_dtype=accum)[:, :, 0]
     residual = relative_residual(v_i[:n] @ m, v_j[:n])
     baseline = relative_residual(v_j[:n].mean(0, keepdim=True).expand(n, -1), v_j[:n])
     return m.to(torch.float32), {"token_rows": n, "residual_fit": residual, "baseline_fit": baseline}
@@ -457,33 +461,26 @@ class Bridge:
                 self._maps_t[l] = m.t().contiguous()  # (d_j, d_i)
 
     # -- forward ------------------------------------------------------------------------------
-    def __call__(self, src_ids: list[list[int]], src_embeds: torch.Tensor) -> TargetBatch:
-        """src_ids: B unpadded id lists; src_embeds (B, S_i, d_i) with S_i >= max length."""
-        if src_embeds.ndim != 3 or src_embeds.shape[0] != len(src_ids):
-            raise AdapterError(
-                f"src_embeds must be (B, S_i, d_i) with B={len(src_ids)}, got {tuple(src_embeds.shape)}"
-            )
-        if any(len(ids) > src_embeds.shape[1] for ids in src_ids):
-            raise AdapterError("a source sequence is longer than src_embeds' sequence dimension")
-        if self.kind == "identity":
-            mask = torch.zeros(src_embeds.shape[:2], dtype=torch.long, device=src_embeds.device)
-            for b, ids in enumerate(src_ids):
-                mask[b, : len(ids)] = 1
-            texts = [self.source.tokenizer.decode(ids) for ids in src_ids]
-            return TargetBatch(src_embeds, mask, [list(ids) for ids in src_ids], texts)
+    def _encode(self, src_ids: list[list[int]]) -> tuple[list[str], list[list[int]], torch.Tensor, torch.Tensor, list, list]:
+        """Decode each source sequence, retokenize it for the target, pair up the words.
+
+        Returns texts, full target ids, padded ids (B, S_j), mask (B, S_j), per-sequence word
+        pairs ((target span), (source span), word) and, for the token bridge, row pairs.
+        """
         tok_t = self.target.tokenizer
-        texts, full_ids, plans_words, token_rows = [], [], [], []
+        texts, full_ids, words, token_rows = [], [], [], []
         for ids in src_ids:
+            ids = [int(t) for t in ids]
             text = self.source.tokenizer.decode(ids)
             texts.append(text)
-            if self.kind == "token":
+            if self.kind in ("token", "identity"):
                 # Same tokenizer: the target sees the very same content ids (no retokenization).
-                full, offset = tok_t.with_specials(list(ids))
+                full, offset = tok_t.with_specials(ids) if self.kind == "token" else (ids, 0)
                 full_ids.append(full)
                 token_rows.append([(offset + s, s) for s in range(len(ids))])
                 continue
             tgt_content, tgt_spans = tok_t.encode_words(text)
-            src_spans = self.source.tokenizer.spans_of_ids(list(ids))
+            src_spans = self.source.tokenizer.spans_of_ids(ids)
             if len(tgt_spans) != len(src_spans):
                 raise AdapterError(
                     f"word split mismatch for {text!r}: source has {len(src_spans)} words, "
@@ -491,20 +488,48 @@ class Bridge:
                 )
             full, offset = tok_t.with_specials(tgt_content)
             full_ids.append(full)
-            plans_words.append(
-                [((ts + offset, te + offset), (ss, se), word) for (ts, te), (ss, se), word in zip(tgt_spans, src_spans, text.split())]
+            words.append(
+                [((ts + offset, te + offset), (ss, se), word)
+                 for (ts, te), (ss, se), word in zip(tgt_spans, src_spans, text.split())]
             )
         max_len = max(len(f) for f in full_ids)
-        batch = len(src_ids)
-        ids_pad = torch.full((batch, max_len), tok_t.pad_id, dtype=torch.long)
-        mask = torch.zeros((batch, max_len), dtype=torch.long)
+        pad_id = tok_t.pad_id if tok_t.pad_id is not None else 0
+        ids_pad = torch.full((len(src_ids), max_len), pad_id, dtype=torch.long)  # (B, S_j)
+        mask = torch.zeros((len(src_ids), max_len), dtype=torch.long)  # (B, S_j)
         for b, full in enumerate(full_ids):
             ids_pad[b, : len(full)] = torch.tensor(full, dtype=torch.long)
             mask[b, : len(full)] = 1
+        return texts, full_ids, ids_pad, mask, words, token_rows
+
+    @torch.no_grad()
+    def lookup(self, src_ids: list[list[int]]) -> TargetBatch:
+        """The exact target inputs of ``src_ids`` with no gradient path (candidate evaluation)."""
+        if not src_ids:
+            raise AdapterError("lookup needs at least one source sequence")
+        texts, full_ids, ids_pad, mask, _, _ = self._encode(src_ids)
+        model = self.source if self.kind == "identity" else self.target
+        embeds = model.embed(ids_pad.to(model.device))  # (B, S_j, d_j)
+        return TargetBatch(embeds, mask.to(model.device), full_ids, texts)
+
+    def __call__(self, src_ids: list[list[int]], src_embeds: torch.Tensor) -> TargetBatch:
+        """src_ids: B unpadded id lists; src_embeds (B, S_i, d_i) with S_i >= max length.
+
+        The returned embeddings equal ``lookup(src_ids)``; their gradient flows back into
+        ``src_embeds`` through the adjoint of the fitted map.
+        """
+        if src_embeds.ndim != 3 or src_embeds.shape[0] != len(src_ids):
+            raise AdapterError(
+                f"src_embeds must be (B, S_i, d_i) with B={len(src_ids)}, got {tuple(src_embeds.shape)}"
+            )
+        if any(len(ids) > src_embeds.shape[1] for ids in src_ids):
+            raise AdapterError("a source sequence is longer than src_embeds' sequence dimension")
+        texts, full_ids, ids_pad, mask, words, token_rows = self._encode(src_ids)
         device = src_embeds.device
+        if self.kind == "identity":
+            return TargetBatch(src_embeds[:, : ids_pad.shape[1]], mask.to(device), full_ids, texts)
         table = self.target.embedding_table()
         values = table[ids_pad.to(table.device)].detach().to(device=device, dtype=src_embeds.dtype)
-        plan = self._plan(batch, src_embeds.shape[1], max_len, plans_words, token_rows)
+        plan = self._plan(len(src_ids), src_embeds.shape[1], ids_pad.shape[1], words, token_rows)
         embeds = _BridgeFn.apply(src_embeds, values, lambda g: self._backward(g, plan))
         return TargetBatch(embeds, mask.to(device), full_ids, texts)
 

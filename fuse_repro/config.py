@@ -31,9 +31,19 @@ def _fuse_root() -> str:
     return str(Path.cwd())
 
 
+def _fuse_resource(name: str) -> str:
+    """Path of a file bundled inside the package (works for editable and regular installs)."""
+    path = Path(__file__).resolve().parent / "resources" / name
+    if not path.exists():
+        raise FileNotFoundError(f"no bundled resource {name!r} in {path.parent}")
+    return str(path)
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("fuse_root"):
         OmegaConf.register_new_resolver("fuse_root", _fuse_root)
+    if not OmegaConf.has_resolver("fuse_resource"):
+        OmegaConf.register_new_resolver("fuse_resource", _fuse_resource)
 
 
 register_resolvers()

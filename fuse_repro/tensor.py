@@ -32,7 +32,7 @@ import math
 
 import torch
 
-__all__ = ["tpad", "tprod", "ttranspose", "tpinv", "teye", "tlstsq"]
+__all__ = ["teye", "tlstsq", "tpad", "tpinv", "tprod", "ttranspose"]
 
 _REAL_DTYPES = (torch.float32, torch.float64)
 _COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
@@ -45,7 +45,7 @@ _COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 def _check_tensor(x: object, name: str) -> torch.Tensor:
     """Reject anything that is not a real float32/float64 tensor of order >= 3 with p >= 1."""
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _REAL_DTYPES:
         raise ValueError(
             f"{name} must be a real float32 or float64 tensor, got dtype {x.dtype} "
@@ -65,13 +65,9 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str]) -> Non
     """Two operands must agree in dtype and device and have broadcastable leading dims."""
     na, nb = names
     if a.dtype != b.dtype:
-        raise ValueError(
-            f"{na} and {nb} must have the same dtype, got {a.dtype} and {b.dtype}"
-        )
+        raise ValueError(f"{na} and {nb} must have the same dtype, got {a.dtype} and {b.dtype}")
     if a.device != b.device:
-        raise ValueError(
-            f"{na} and {nb} must be on the same device, got {a.device} and {b.device}"
-        )
+        raise ValueError(f"{na} and {nb} must be on the same device, got {a.device} and {b.device}")
     try:
         torch.broadcast_shapes(a.shape[:-3], b.shape[:-3])
     except RuntimeError:
@@ -90,8 +86,6 @@ def _check_depth(p: object, name: str = "p") -> int:
 def _check_rcond(rcond: float | None) -> float | None:
     if rcond is None:
         return None
-    if isinstance(rcond, torch.Tensor):
-        raise ValueError("rcond must be a Python float or None, not a tensor")
     rcond = float(rcond)
     if not (math.isfinite(rcond) and rcond >= 0.0):
         raise ValueError(f"rcond must be a finite float >= 0 or None, got {rcond!r}")
@@ -173,19 +167,31 @@ def teye(
 def tpinv(a: torch.Tensor, rcond: float | None = None) -> torch.Tensor:
     """t-pseudoinverse: (..., m, k, p) -> (..., k, m, p).
 
-    Moore-Penrose pseudoinverse of every Fourier slice, so the four Penrose conditions hold
-    under ``*`` and ``ttranspose``. ``rcond`` is the relative cutoff on singular values of each
-    Fourier slice (``torch.linalg.pinv``'s ``rtol``); the default ``None`` uses pinv's own
-    default, ``eps(dtype) * max(m, k)``. This forms full SVDs; for a tall least-squares fit use
-    :func:`tlstsq`, which never forms the pseudoinverse.
+    Moore-Penrose pseudoinverse of every Fourier slice (via SVD), so the four Penrose conditions
+    hold under ``*`` and ``ttranspose``. Singular values at or below ``rcond * sigma_max`` are
+    treated as zero, where sigma_max is the largest singular value over ALL Fourier slices of
+    that batch element (= the largest singular value of the block-circulant matrix bcirc(A)),
+    so this is exactly ``pinv(bcirc(A), rtol=rcond)`` in block-diagonalized form. A per-slice
+    relative cutoff would instead invert pure rounding noise in a Fourier slice that is zero in
+    exact arithmetic (e.g. when all frontal slices are equal) and return garbage of size 1e16.
+    Default ``rcond=None`` means ``eps(dtype) * max(m, k)``, torch.linalg.pinv's default rule.
+
+    This forms SVDs of every slice; for a tall least-squares fit use :func:`tlstsq`.
     """
     _check_tensor(a, "A")
     rcond = _check_rcond(rcond)
     m, k, p = a.shape[-3:]
+    if min(m, k) == 0:
+        return a.new_zeros(*a.shape[:-3], k, m, p)
     rtol = _default_rcond(m, k, a.dtype) if rcond is None else rcond
     ah = torch.fft.rfft(a, dim=-1).movedim(-1, -3)  # (..., m, k, F) -> (..., F, m, k)
-    xh = torch.linalg.pinv(ah, rtol=rtol).movedim(-3, -1)  # (..., F, k, m) -> (..., k, m, F)
-    return torch.fft.irfft(xh, n=p, dim=-1)  # (..., k, m, p)
+    # u (..., F, m, r), sv (..., F, r), vh (..., F, r, k) with r = min(m, k)
+    u, sv, vh = torch.linalg.svd(ah, full_matrices=False)
+    smax = sv[..., 0].amax(dim=-1)  # (...,), singular values come sorted descending
+    keep = sv > (rtol * smax)[..., None, None]  # (..., F, r)
+    sinv = torch.where(keep, 1.0 / torch.where(keep, sv, torch.ones_like(sv)), 0.0)  # (..., F, r)
+    xh = vh.mH @ (sinv.unsqueeze(-1).to(u.dtype) * u.mH)  # (..., F, k, r) @ (..., F, r, m)
+    return torch.fft.irfft(xh.movedim(-3, -1), n=p, dim=-1)  # (..., k, m, F) -> (..., k, m, p)
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,18 +218,6 @@ def _fourier_slice(x: torch.Tensor, f: int, dtype: torch.dtype) -> torch.Tensor:
     return re if im is None else torch.complex(re, im)
 
 
-def _gram_pinv_apply(gram: torch.Tensor, rhs: torch.Tensor, tol: float) -> torch.Tensor:
-    """``pinv(gram) @ rhs`` for a Hermitian PSD gram (..., r, r) and rhs (..., r, c).
-
-    Eigenvalues at or below ``tol * lambda_max`` (per matrix) are treated as zero.
-    """
-    evals, evecs = torch.linalg.eigh(gram)  # (..., r) ascending, (..., r, r)
-    cutoff = tol * evals[..., -1:].clamp_min(0)  # (..., 1)
-    keep = evals > cutoff  # (..., r)
-    inv = torch.where(keep, 1.0 / torch.where(keep, evals, torch.ones_like(evals)), 0.0)
-    return evecs @ (inv.unsqueeze(-1) * (evecs.mH @ rhs))  # (..., r, c)
-
-
 def tlstsq(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -242,22 +236,27 @@ def tlstsq(
       * m >= k: X_f = (A_f^H A_f)^+ (A_f^H B_f)        Gram (k, k)
       * m <  k: X_f = A_f^H ((A_f A_f^H)^+ B_f)        Gram (m, m)
     with the Gram pseudoinverse from ``torch.linalg.eigh``. This is far cheaper than an SVD of
-    a (16384, 1024) slice, at the price of squaring the condition number.
+    a (16384, 1024) slice, at the price of squaring the condition number. A first pass keeps
+    only the small per-slice Gram eigendecompositions and right-hand sides, so the cutoff can
+    be relative to the largest eigenvalue over all slices, as in :func:`tpinv`.
 
     Threshold: eigenvalues are squared singular values, so the singular-value cutoff ``rcond``
-    (relative to sigma_max, default ``eps(A.dtype) * max(m, k)``, pinv's default) becomes the
-    eigenvalue cutoff ``rcond**2 * lambda_max``. That cutoff is raised to the Gram's rounding
-    floor ``eps(accum_dtype) * min(m, k) * lambda_max``, because computed eigenvalues below it
-    are noise and inverting them would blow the solution up. So directions with singular values
-    below ``sqrt(eps(accum_dtype) * min(m, k)) * sigma_max`` are always dropped.
+    (relative to the largest singular value over all Fourier slices, default
+    ``eps(A.dtype) * max(m, k)`` as in :func:`tpinv`) becomes the eigenvalue cutoff
+    ``rcond**2 * lambda_max``. That cutoff is raised to the Gram's rounding floor
+    ``eps(accum_dtype) * min(m, k) * lambda_max``, because computed eigenvalues below it are
+    noise and inverting them would blow the solution up. So directions with singular values
+    below ``sqrt(eps(accum_dtype) * min(m, k)) * sigma_max`` are always dropped, whatever
+    ``rcond`` says; above that floor the result equals ``tprod(tpinv(tpad(A, p), rcond), B)``.
 
     Precision trade-off (``accum_dtype``, default ``A.dtype``): the Fourier slices, Gram
     products, eigh and solve run in ``accum_dtype`` and the result is cast back to A's dtype.
-    float32 accumulation is fastest and lightest but its floor is coarse: for k = 1024 it drops
-    singular values below ~1.1e-2 * sigma_max, and the Gram loses about twice as many digits as
-    the data has. ``accum_dtype=torch.float64`` for float32 data costs roughly 2x time on CPU
-    (much more on consumer GPUs) and 2x slice memory, but its floor (~5e-7 for k = 1024) lies
-    below the float32 default rcond, so it matches ``tpinv`` on the same data.
+    float32 accumulation is fastest and lightest but its floor is coarse: for min(m, k) = 1024
+    it drops singular values below ~1.1e-2 * sigma_max, and the Gram loses about twice as many
+    digits as the data has. ``accum_dtype=torch.float64`` for float32 data costs more time
+    (about 2x on CPU, far more on GPUs with weak float64) and 2x slice memory, but its floor
+    (~4.8e-7 for 1024) lies below the float32 default rcond (~2e-3 for m = 16384), so it gives
+    what ``tpinv`` gives on the same data.
 
     Not meant for autograd (eigh gradients are unstable at repeated eigenvalues).
     """
@@ -276,21 +275,44 @@ def tlstsq(
     if torch.finfo(acc).eps > torch.finfo(a.dtype).eps:
         raise ValueError(f"accum_dtype {acc} is less precise than the inputs' dtype {a.dtype}")
 
-    m, k = a.shape[-3], a.shape[-2]
+    m, k, n = a.shape[-3], a.shape[-2], b.shape[-2]
     p = max(a.shape[-1], b.shape[-1])
     a, b = tpad(a, p), tpad(b, p)  # (..., m, k, p), (..., m, n, p); views when depth matches
+    batch = torch.broadcast_shapes(a.shape[:-3], b.shape[:-3])
+    if min(m, k) == 0:
+        return a.new_zeros(*batch, k, n, p)
     rtol = _default_rcond(m, k, a.dtype) if rcond is None else rcond
     tol = max(rtol**2, torch.finfo(acc).eps * min(m, k))  # relative to lambda_max
+    tall = m >= k
+    nfreq = p // 2 + 1
 
-    slices = []
-    for f in range(p // 2 + 1):
+    # pass 1: per Fourier slice, eigh of the small Gram and the small right-hand side
+    eigs = []  # per f: (evals (..., r), evecs (..., r, r), rhs (..., r, n)), r = min(m, k)
+    for f in range(nfreq):
         af = _fourier_slice(a, f, acc)  # (..., m, k), complex unless DC/Nyquist
         bf = _fourier_slice(b, f, acc)  # (..., m, n)
-        if m >= k:  # tall: Gram (..., k, k), rhs (..., k, n)
-            xf = _gram_pinv_apply(af.mH @ af, af.mH @ bf, tol)  # (..., k, n)
-        else:  # wide: Gram (..., m, m), rhs (..., m, n)
-            xf = af.mH @ _gram_pinv_apply(af @ af.mH, bf, tol)  # (..., k, n)
+        if tall:
+            gram, rhs = af.mH @ af, af.mH @ bf  # (..., k, k), (..., k, n)
+        else:
+            gram, rhs = af @ af.mH, bf  # (..., m, m), (..., m, n)
         del af, bf
-        slices.append(xf.to(_COMPLEX_OF[acc]))  # (..., k, n)
+        evals, evecs = torch.linalg.eigh(gram)  # (..., r) ascending, (..., r, r)
+        del gram
+        eigs.append((evals, evecs, rhs))
+
+    # one cutoff per batch element, relative to the largest eigenvalue over all slices
+    lam_max = torch.stack([ev[..., -1] for ev, _, _ in eigs], dim=-1).amax(-1)  # (...,)
+    cutoff = (tol * lam_max.clamp_min(0)).unsqueeze(-1)  # (..., 1)
+
+    # pass 2: X_f = V diag(1/lambda) V^H rhs (tall), A_f^H V diag(1/lambda) V^H B_f (wide)
+    slices = []
+    for f, (evals, evecs, rhs) in enumerate(eigs):
+        keep = evals > cutoff  # (..., r)
+        inv = torch.where(keep, 1.0 / torch.where(keep, evals, torch.ones_like(evals)), 0.0)
+        xf = evecs @ (inv.unsqueeze(-1) * (evecs.mH @ rhs))  # (..., r, n)
+        if not tall:
+            xf = _fourier_slice(a, f, acc).mH @ xf  # (..., k, m) @ (..., m, n) -> (..., k, n)
+        eigs[f] = None  # free the slice's eigenvectors as we go
+        slices.append(xf.to(_COMPLEX_OF[acc]).expand(*batch, k, n))  # (..., k, n)
     xh = torch.stack(slices, dim=-1)  # (..., k, n, F)
     return torch.fft.irfft(xh, n=p, dim=-1).to(a.dtype)  # (..., k, n, p)
