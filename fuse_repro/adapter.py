@@ -218,6 +218,7 @@ def fit_fuse_maps(
     v_i = source.embedding_table().detach()
     v_j = target.embedding_table().detach()
     dtype = torch.float64 if torch.float64 in (v_i.dtype, v_j.dtype) else torch.float32
+    accum = torch.float64 if dtype == torch.float64 else accum  # never below the data's precision
     maps: dict[int, torch.Tensor] = {}
     depths: dict[int, int] = {}
     rows = []
@@ -273,6 +274,8 @@ def fit_token_map(source: Any, target: Any, cfg: AdapterConfig) -> tuple[torch.T
     v_j = target.embedding_table().detach().to("cpu", v_i.dtype)
     n = min(v_i.shape[0], v_j.shape[0])  # rows past the smaller vocab (padding) have no partner
     # (V, d, 1): a depth-1 t-product is the plain matrix product, so tlstsq is pinv(V_i) @ V_j
+    if v_i.dtype == torch.float64:
+        accum = torch.float64
     m = tlstsq(v_i[:n, :, None], v_j[:n, :, None], rcond=cfg.rcond, accum_dtype=accum)[:, :, 0]
     residual = relative_residual(v_i[:n] @ m, v_j[:n])
     baseline = relative_residual(v_j[:n].mean(0, keepdim=True).expand(n, -1), v_j[:n])

@@ -289,7 +289,8 @@ def read_nocaps_corpus(path: str | Path, image_dir: str | Path | None = None) ->
     images saved as ``<id>.jpg`` for captioning; for scoring it can stay null.
     """
     fmt = "nocaps_corpus"
-    expected = '[{"split": "in_domain|near_domain|out_domain", "image_id": "<id>.jpg", "caption": [...]}]'
+    expected = ('[{"split": "in_domain|near_domain|out_domain", "image_id": "<id>.jpg", '
+                '"caption": [...]}]')
     data = _load_json(path, fmt, expected)
     _require(isinstance(data, list), path, expected, fmt, "top level is not a list")
     items = []

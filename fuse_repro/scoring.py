@@ -269,13 +269,15 @@ def meteor(gts: Mapping[str, Sequence[str]], res: Mapping[str, str], ids: Sequen
         return scorer.score(gts, res, ids)
 
 
-def spice_status() -> tuple[bool, str | None]:
+def spice_status(spice_dir: str | Path | None = None) -> tuple[bool, str | None]:
     """Whether SPICE can run here, and if not, why and how to install what it lacks.
 
     pycocoevalcap's ``Spice()`` downloads Stanford CoreNLP 3.6.0 into ``spice/lib`` on first
     use; offline that download hangs or fails, so we look for the jars first and never fetch.
+    ``spice_dir`` defaults to pycocoevalcap's ``spice`` folder (the jar's classpath is relative
+    to it, so the jars must sit in its ``lib``).
     """
-    spice_dir = _pkg_dir() / "spice"
+    spice_dir = Path(spice_dir) if spice_dir is not None else _pkg_dir() / "spice"
     lib = spice_dir / "lib"
     needed = [spice_dir / "spice-1.0.jar", lib / f"{SPICE_CORENLP}.jar",
               lib / f"{SPICE_CORENLP}-models.jar"]
@@ -456,7 +458,8 @@ class ScoringOptions:
 
     @classmethod
     def from_config(cls, node: Any) -> ScoringOptions:
-        """Flatten ``{metrics, strip_prefix, ..., meteor: {...}, spice: {...}, sentiment: {...}}``."""
+        """Flatten ``{metrics, ..., meteor: {...}, spice: {...}, sentiment: {...}}``, rejecting
+        unknown keys (a misspelled option would otherwise be silently ignored)."""
         cfg = _plain(node)
         nested = {"meteor": ("java_heap",), "spice": ("java_heap", "cache_dir", "timeout_s"),
                   "sentiment": ("classifier", "rule", "batch_size", "max_length", "device")}
@@ -664,11 +667,15 @@ def _caption_metrics(ids: list[str], by_id: Mapping[str, Item], text: Mapping[st
     if "SPICE" in opts.metrics:
         ok, reason = spice_status()
         if ok:
-            score, values = spice(gts, res, ids, opts.spice_cache_dir, opts.spice_java_heap,
-                                  opts.spice_timeout_s)
-            summary["SPICE"] = _nan_to_none(score)
-            per["SPICE"] = values
-        else:
+            try:  # a SPICE crash (memory, timeout) must not cost the metrics already computed
+                score, values = spice(gts, res, ids, opts.spice_cache_dir,
+                                      opts.spice_java_heap, opts.spice_timeout_s)
+            except ScorerError as exc:
+                ok, reason = False, f"SPICE failed: {exc}"
+            else:
+                summary["SPICE"] = _nan_to_none(score)
+                per["SPICE"] = values
+        if not ok:
             log.warning("SPICE not scored: %s", reason)
             unavailable["SPICE"] = reason
     for name, values in per.items():
@@ -686,8 +693,9 @@ def _caption_metrics(ids: list[str], by_id: Mapping[str, Item], text: Mapping[st
             if "CIDEr" in per:
                 entry["CIDEr"] = cider(gts, res, sub)[0]
             if "SPICE" in per:
-                entry["SPICE"] = _nan_to_none(float(np.mean([rows[i]["SPICE"] if rows[i][
-                    "SPICE"] is not None else math.nan for i in sub])))
+                spice_values = [rows[i]["SPICE"] for i in sub]
+                entry["SPICE"] = _nan_to_none(float(np.mean(
+                    [math.nan if v is None else v for v in spice_values])))
             out[d] = entry
         result["domains"] = out
 

@@ -1,0 +1,58 @@
+"""Shared, session-scoped fixtures for the real offline models (loaded once per test session).
+
+``model_cache_dir`` lives under pytest's tmp_path_factory, so the first SmolLM2 load of a session
+dequantizes its GGUF (~30 s). Set ``FUSE_TEST_MODEL_CACHE`` to a folder to keep the converted
+weights between sessions (the cache is keyed by the GGUF's identity, so it cannot go stale).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig, OmegaConf
+
+from fuse_repro.models import TextModel, load_model
+
+MODEL_CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
+
+
+def model_cfg(name: str) -> DictConfig:
+    """The shipped ``conf/model/<name>.yaml`` as a config node."""
+    return OmegaConf.load(MODEL_CONF_DIR / f"{name}.yaml")  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="session")
+def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    override = os.environ.get("FUSE_TEST_MODEL_CACHE")
+    if override:
+        path = Path(override)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return tmp_path_factory.mktemp("model_cache")
+
+
+@pytest.fixture(scope="session")
+def smollm2(model_cache_dir: Path) -> TextModel:
+    return load_model(model_cfg("smollm2_135m"), cache_dir=model_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def minilm(model_cache_dir: Path) -> TextModel:
+    return load_model(model_cfg("minilm_l6"), cache_dir=model_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(model_cache_dir: Path) -> TextModel:
+    return load_model(model_cfg("tiny_gpt2"), cache_dir=model_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(model_cache_dir: Path) -> TextModel:
+    return load_model(model_cfg("tiny_roberta"), cache_dir=model_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(model_cache_dir: Path) -> TextModel:
+    return load_model(model_cfg("tiny_clip"), cache_dir=model_cache_dir)
