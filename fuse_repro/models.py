@@ -1120,6 +1120,7 @@ def load_model(cfg: Any, *, cache_dir: Path, device: str | torch.device = "cpu")
         raise ValueError(f"unknown model backend {backend!r}; known backends: {list(BACKENDS)}")
     kind, build = table[str(backend)]
     _get(cfg, "name")
+    _dtype(cfg)  # a bad dtype fails before any loading
     declared = str(_get(cfg, "kind"))
     if declared != kind:
         raise ValueError(f"model {cfg.get('name')!r}: backend {backend} builds a {kind}, config says kind={declared}")
