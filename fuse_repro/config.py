@@ -122,6 +122,8 @@ class LoggerConfig:
 def typed(node: Any, schema: type[T]) -> T:
     """Validate a config node against its dataclass schema and return the dataclass instance."""
     base = OmegaConf.structured(schema)
+    if isinstance(node, DictConfig):  # resolve ${...} against the full config first
+        node = OmegaConf.to_container(node, resolve=True)
     merged = OmegaConf.merge(base, node)
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 

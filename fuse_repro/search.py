@@ -153,15 +153,32 @@ def evaluate_candidates(
     return {obj.name: obj.evaluate(sequences, chunk) for obj in objectives}
 
 
-def search_caption(
-    item: Any,
-    primary: Any,
-    objectives: list[SecondaryObjective],
-    cfg: SearchConfig,
-    lm_weight: float,
-    seed: int,
-) -> SearchResult:
-    """Optimize one caption for ``item``. Deterministic for a given seed and inputs."""
+@dataclass
+class SearchState:
+    """Everything one caption search carries from step to step."""
+
+    item: Any
+    primary: Any
+    objectives: list[SecondaryObjective]
+    cfg: SearchConfig
+    lm_weight: float
+    prefix_ids: list[int]
+    searching: list[SecondaryObjective]  # objectives that drive the search (none for lm_only)
+    allowed: torch.Tensor  # (V,) bool
+    generator: torch.Generator
+    lm: LMState
+    beams: list[list[int]] = field(default_factory=lambda: [[]])
+    nll_sums: torch.Tensor = field(default_factory=lambda: torch.zeros(1))  # (B,)
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_terms: dict[str, float] = field(default_factory=dict)
+    evaluations: int = 0
+    steps_done: int = 0
+
+
+def start_search(
+    item: Any, primary: Any, objectives: list[SecondaryObjective], cfg: SearchConfig, lm_weight: float, seed: int
+) -> SearchState:
+    """Validate the inputs, prepare every objective for ``item`` and encode the prefix once."""
     validate_search(cfg)
     check_weights(lm_weight, {o.name: o.weight for o in objectives})
     tok = primary.tokenizer
@@ -173,96 +190,110 @@ def search_caption(
         )
     for obj in objectives:
         obj.prepare(item)
-    # lm_only optimizes the LM alone; the secondary losses are still reported at the end.
+    # lm_only optimizes the LM alone; the secondary losses are still reported.
     searching = [] if cfg.method == "lm_only" else [o for o in objectives if o.weight > 0]
     allowed = allowed_token_mask(primary, cfg.printable_only)
     if int(allowed.sum()) < cfg.top_k:
         raise ObjectiveError(f"top_k={cfg.top_k} exceeds the {int(allowed.sum())} allowed tokens")
-    item_seed = _stable_seed(seed, getattr(item, "id", ""), cfg.method)
-    gen = torch.Generator().manual_seed(item_seed)
-
+    generator = torch.Generator().manual_seed(_stable_seed(seed, getattr(item, "id", ""), cfg.method))
     lm = LMState(primary, lm_context(primary, prefix_ids))
-    beams: list[list[int]] = [[]]
-    nll_sums = torch.zeros(1)  # (B,) sum of NLL of each beam's generated tokens
-    best_terms: dict[str, float] = {}
-    history: list[dict[str, float]] = []
-    evaluations = 0
-    steps_done = 0
-    for step in range(cfg.steps):
-        logprobs = lm.logprobs.cpu()  # (B, V)
-        masked_lp = logprobs.masked_fill(~allowed, float("-inf"))
-        if cfg.method == "fuse" and searching:
-            slots = masked_lp.argmax(dim=-1).tolist()
-            grad = slot_gradient(primary, searching, [prefix_ids + b + [s] for b, s in zip(beams, slots)])
-            scores = -grad + cfg.logit_weight * masked_lp
-        else:
-            scores = cfg.logit_weight * masked_lp
-        # Stable descending sort: equal scores keep the lower token id first (deterministic).
-        order = torch.sort(scores, dim=-1, descending=True, stable=True).indices  # (B, V)
-        if cfg.method == "random_proposal":
-            pool = order[:, : cfg.top_k * cfg.pool_factor]
-            picks = torch.stack([torch.randperm(pool.shape[1], generator=gen)[: cfg.top_k] for _ in beams])
-            cand = torch.gather(pool, 1, picks).sort(dim=-1).values  # (B, k)
-        else:
-            cand = order[:, : cfg.top_k]  # (B, k)
-        pairs = [(b, int(c)) for b in range(len(beams)) for c in cand[b].tolist()]  # K pairs
-        n = len(beams[0])
-        lm_terms = torch.tensor(
-            [(float(nll_sums[b]) - float(logprobs[b, c])) / (n + 1) for b, c in pairs]
-        )  # (K,) mean NLL after the extension, read from one forward per beam
-        sequences = [prefix_ids + beams[b] + [c] for b, c in pairs]
-        raw = evaluate_candidates(searching, sequences, cfg.eval_chunk)
-        evaluations += len(pairs)
-        total = lm_weight * lm_terms
-        for obj in searching:
-            total = total + obj.weight * raw[obj.name]
-        # Select: lowest total first; ties by (beam, token) order of ``pairs``; distinct texts.
-        ranking = torch.sort(total, stable=True).indices.tolist()
-        chosen, seen = [], set()
-        for k in ranking:
-            text = tok.decode(sequences[k])
-            if text in seen:
-                continue
-            seen.add(text)
-            chosen.append(k)
-            if len(chosen) == cfg.beam_width:
-                break
-        parents = [pairs[k][0] for k in chosen]
-        tokens = [pairs[k][1] for k in chosen]
-        nll_sums = torch.tensor([float(nll_sums[pairs[k][0]]) - float(logprobs[pairs[k][0], pairs[k][1]]) for k in chosen])
-        beams = [beams[p] + [t] for p, t in zip(parents, tokens)]
-        best = chosen[0]
-        best_terms = {"total": float(total[best]), "lm": float(lm_terms[best])}
-        best_terms.update({name: float(v[best]) for name, v in raw.items()})
-        # Terms the search did not evaluate (lm_only) are computed for the best beam alone, so
-        # every method's history carries the same full objective for plots.
-        for obj in objectives:
-            if obj.name not in best_terms:
-                best_terms[obj.name] = float(obj.evaluate([sequences[best]], cfg.eval_chunk)[0])
-        best_terms["objective"] = lm_weight * best_terms["lm"] + sum(
-            o.weight * best_terms[o.name] for o in objectives
-        )
-        history.append({"step": step + 1, **best_terms})
-        steps_done = step + 1
-        if cfg.stop_at_sentence_end and steps_done >= cfg.min_steps:
-            if tok.decode(beams[0]).rstrip().endswith(SENTENCE_END):
-                break
-        if step + 1 < cfg.steps:
-            lm.advance(parents, tokens)
+    return SearchState(item, primary, objectives, cfg, lm_weight, prefix_ids, searching, allowed, generator, lm)
 
-    best_ids = beams[0]
+
+def propose(state: SearchState) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, k) candidate tokens per beam and the (B, V) LM log-probs they were scored with."""
+    cfg = state.cfg
+    logprobs = state.lm.logprobs.cpu()  # (B, V)
+    masked_lp = logprobs.masked_fill(~state.allowed, float("-inf"))
+    if cfg.method == "fuse" and state.searching:
+        slots = masked_lp.argmax(dim=-1).tolist()
+        seqs = [state.prefix_ids + b + [s] for b, s in zip(state.beams, slots)]
+        grad = slot_gradient(state.primary, state.searching, seqs)
+        scores = -grad + cfg.logit_weight * masked_lp
+    else:
+        scores = cfg.logit_weight * masked_lp
+    # Stable descending sort: equal scores keep the lower token id first (deterministic).
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices  # (B, V)
+    if cfg.method == "random_proposal":
+        pool = order[:, : cfg.top_k * cfg.pool_factor]
+        picks = torch.stack(
+            [torch.randperm(pool.shape[1], generator=state.generator)[: cfg.top_k] for _ in state.beams]
+        )
+        return torch.gather(pool, 1, picks).sort(dim=-1).values, logprobs  # (B, k)
+    return order[:, : cfg.top_k], logprobs  # (B, k)
+
+
+def search_step(state: SearchState) -> None:
+    """One token for every beam: propose, evaluate every (beam, candidate) exactly, keep the best."""
+    cfg, tok = state.cfg, state.primary.tokenizer
+    cand, logprobs = propose(state)
+    pairs = [(b, int(c)) for b in range(len(state.beams)) for c in cand[b].tolist()]  # K pairs
+    n = len(state.beams[0])
+    # (K,) mean NLL after the extension, read from the one forward of each beam
+    lm_terms = torch.tensor([(float(state.nll_sums[b]) - float(logprobs[b, c])) / (n + 1) for b, c in pairs])
+    sequences = [state.prefix_ids + state.beams[b] + [c] for b, c in pairs]
+    raw = evaluate_candidates(state.searching, sequences, cfg.eval_chunk)
+    state.evaluations += len(pairs)
+    total = state.lm_weight * lm_terms
+    for obj in state.searching:
+        total = total + obj.weight * raw[obj.name]
+    # Select: lowest total first; ties keep the (beam, token) order of ``pairs``; distinct texts.
+    ranking = torch.sort(total, stable=True).indices.tolist()
+    chosen, seen = [], set()
+    for k in ranking:
+        text = tok.decode(sequences[k])
+        if text in seen:
+            continue
+        seen.add(text)
+        chosen.append(k)
+        if len(chosen) == cfg.beam_width:
+            break
+    parents = [pairs[k][0] for k in chosen]
+    tokens = [pairs[k][1] for k in chosen]
+    state.nll_sums = torch.tensor([float(state.nll_sums[p]) - float(logprobs[p, t]) for p, t in zip(parents, tokens)])
+    state.beams = [state.beams[p] + [t] for p, t in zip(parents, tokens)]
+    best = chosen[0]
+    terms = {"total": float(total[best]), "lm": float(lm_terms[best])}
+    terms.update({name: float(v[best]) for name, v in raw.items()})
+    # Terms the search did not evaluate (lm_only) are computed for the best beam alone, so
+    # every method's history carries the same full objective for plots.
+    for obj in state.objectives:
+        if obj.name not in terms:
+            terms[obj.name] = float(obj.evaluate([sequences[best]], cfg.eval_chunk)[0])
+    terms["objective"] = state.lm_weight * terms["lm"] + sum(o.weight * terms[o.name] for o in state.objectives)
+    state.best_terms = terms
+    state.steps_done += 1
+    state.history.append({"step": state.steps_done, **terms})
+    state.lm.advance(parents, tokens)
+
+
+def search_caption(
+    item: Any,
+    primary: Any,
+    objectives: list[SecondaryObjective],
+    cfg: SearchConfig,
+    lm_weight: float,
+    seed: int,
+) -> SearchResult:
+    """Optimize one caption for ``item``. Deterministic for a given seed and inputs."""
+    state = start_search(item, primary, objectives, cfg, lm_weight, seed)
+    tok = primary.tokenizer
+    for _ in range(cfg.steps):
+        search_step(state)
+        if cfg.stop_at_sentence_end and state.steps_done >= cfg.min_steps:
+            if tok.decode(state.beams[0]).rstrip().endswith(SENTENCE_END):
+                break
+    best_ids = state.beams[0]
     # total: what the method optimized; objective: the full weighted objective, comparable
     # across methods; plus every term's raw loss on the final caption.
-    losses = {k: v for k, v in best_terms.items()}
-    caption = tok.decode(prefix_ids + best_ids)
     return SearchResult(
-        caption=caption,
+        caption=tok.decode(state.prefix_ids + best_ids),
         generated=tok.decode(best_ids),
         ids=best_ids,
-        losses=losses,
-        steps=steps_done,
-        evaluations=evaluations,
-        history=history,
+        losses=dict(state.best_terms),
+        steps=state.steps_done,
+        evaluations=state.evaluations,
+        history=state.history,
     )
 
 

