@@ -180,14 +180,29 @@ def stable_hash(obj: Any, length: int = 16) -> str:
 RUN_HASH_EXCLUDE = ("paths", "logger", "hydra", "device", "stage")
 
 
+def _placeholders(node: Any, prefix: str) -> Any:
+    """Every leaf of an excluded node replaced by the text ``<its.key.path>``."""
+    if isinstance(node, dict):
+        return {k: _placeholders(v, f"{prefix}.{k}") for k, v in node.items()}
+    if isinstance(node, list):
+        return [_placeholders(v, f"{prefix}.{i}") for i, v in enumerate(node)]
+    return f"<{prefix}>"
+
+
 def run_config_hash(cfg: DictConfig) -> str:
-    """Hash of the resolved run config minus RUN_HASH_EXCLUDE: labels a table row."""
-    kept = {}
-    for key in cfg.keys():
-        if key in RUN_HASH_EXCLUDE:
-            continue
-        value = cfg[key]  # interpolations into excluded keys still resolve against the full cfg
-        kept[key] = to_plain(value)
+    """Hash of the resolved run config minus RUN_HASH_EXCLUDE: labels a table row.
+
+    Kept keys that interpolate an excluded one (``scoring.spice.cache_dir: ${paths.cache_dir}/spice``,
+    ``scoring.sentiment.device: ${device}``) see a fixed placeholder instead of its value, so moving
+    the cache or switching device cannot change the hash.
+    """
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(raw, dict)
+    for key in RUN_HASH_EXCLUDE:
+        if key in raw:
+            raw[key] = _placeholders(raw[key], key)
+    masked = OmegaConf.create(raw)
+    kept = {key: to_plain(masked[key]) for key in masked.keys() if key not in RUN_HASH_EXCLUDE}
     return stable_hash(kept)
 
 

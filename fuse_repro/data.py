@@ -24,6 +24,8 @@ Formats (``dataset.format`` in the config):
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import re
@@ -479,7 +481,23 @@ def select_subset(
 # config entry point
 
 _KNOWN_KEYS = {"name", "format", "annotations", "image_dir", "split", "sentiment",
-               "require_images", "subset"}
+               "require_images", "subset", "target_from_references"}
+
+
+def targets_from_references(items: Sequence[Item]) -> list[Item]:
+    """Turn captioned images into text targets: each item's first human caption becomes the
+    target text and the others stay as references (our offline stand-in for image captioning:
+    the text-similarity objective pulls towards one human caption, the metrics compare with
+    the rest). Items with fewer than two captions cannot serve and raise an error."""
+    out = []
+    for it in items:
+        if len(it.references) < 2:
+            raise DatasetError(
+                f"item {it.id!r} has {len(it.references)} caption(s); target_from_references needs "
+                "at least two (one target, the rest references)"
+            )
+        out.append(dataclasses.replace(it, target=it.references[0], references=list(it.references[1:])))
+    return out
 _SUBSET_KEYS = {"mode", "n", "seed", "index", "count"}
 
 
@@ -557,6 +575,8 @@ def load_dataset(cfg_dataset: Any) -> list[Item]:
     items = select_subset(items, mode=subset.get("mode") or "all", n=subset.get("n"),
                           seed=subset.get("seed"), index=subset.get("index"),
                           count=subset.get("count"))
+    if cfg.get("target_from_references"):
+        items = targets_from_references(items)
     if cfg.get("require_images"):
         check_images(items)
     return items

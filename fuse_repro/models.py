@@ -493,9 +493,18 @@ class OpenClipTokenizer(WordTokenizer):
         self.unk_id = None
         self.max_length = int(tokenizer.context_length) if tokenizer.context_length else None
         self._fingerprint: str | None = None
+        self._memo: dict[str, tuple[int, ...]] = {}
+        self._memo_size = 1 << 18
 
     def encode(self, text: str) -> list[int]:
-        return [int(t) for t in self.raw.encode(text)]
+        # ftfy's clean-up dominates (~50 us even for one word) and search candidates repeat
+        # their words; a bounded memo makes word-by-word span finding cheap.
+        ids = self._memo.get(text)
+        if ids is None:
+            if len(self._memo) >= self._memo_size:
+                self._memo.clear()
+            ids = self._memo[text] = tuple(int(t) for t in self.raw.encode(text))
+        return list(ids)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.raw.decode([int(t) for t in ids if int(t) not in self.special_ids])

@@ -153,6 +153,13 @@ def test_spans_of_ids_noncanonical_wordpiece_and_clip(
     ids = [enc["h"], enc["e"], enc["l"], enc["l"], enc["o</w>"], enc["world</w>"]]
     assert clip.decode(ids) == "hello world "
     assert clip.spans_of_ids(ids) == [(0, 5), (5, 6)]
+    # the emoji one byte per token: the first three only help build its character
+    table = _bytes_to_unicode()
+    pieces = [table[b] for b in "🙂".encode()]
+    ids = [enc[p] for p in pieces[:-1]] + [enc[pieces[-1] + "</w>"], enc["x</w>"]]
+    assert clip.decode(ids) == "🙂 x "
+    assert clip.spans_of_ids(ids) == [(0, 4), (4, 5)]
+    assert clip.spans_of_ids(ids[:2] + ids[4:]) == [(0, 3)]  # a broken character joins "x"
 
 
 def test_words_without_tokens_get_empty_spans(minilm: TextModel, tiny_clip: TextModel) -> None:

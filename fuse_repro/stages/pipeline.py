@@ -17,7 +17,15 @@ from typing import Any
 from omegaconf import DictConfig
 
 from fuse_repro.app import resolve_device
-from fuse_repro.config import AdapterConfig, SearchConfig, typed, validate_adapter, validate_search, write_json
+from fuse_repro.config import (
+    AdapterConfig,
+    SearchConfig,
+    run_config_hash,
+    typed,
+    validate_adapter,
+    validate_search,
+    write_json,
+)
 from fuse_repro.stages.caption import build_captioner, caption_items
 from fuse_repro.tracking import open_tracker
 
@@ -148,6 +156,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             )
             means = objective_means(records)
             write_json(method_dir / "objective.json", means)
+            # Labels for stage=table: one row per (experiment, method) with the run's hash.
+            write_json(method_dir / "run_info.json", {
+                "experiment": cfg.get("experiment_name", "default"),
+                "config_hash": run_config_hash(cfg),
+                "method": method,
+                "dataset": cfg.dataset.get("name"),
+                "adapter_keys": captioner.adapter_keys,
+            })
             rows.append({"method": method, "metrics": metrics, "objective": means})
             curves[method] = history_curves(records)
             tracker.summary({f"{method}/{k}": v for k, v in means.items()})
