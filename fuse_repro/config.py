@@ -192,9 +192,10 @@ def _placeholders(node: Any, prefix: str) -> Any:
 def run_config_hash(cfg: DictConfig) -> str:
     """Hash of the resolved run config minus RUN_HASH_EXCLUDE: labels a table row.
 
-    Kept keys that interpolate an excluded one (``scoring.spice.cache_dir: ${paths.cache_dir}/spice``,
-    ``scoring.sentiment.device: ${device}``) see a fixed placeholder instead of its value, so moving
-    the cache or switching device cannot change the hash.
+    Kept keys that interpolate an excluded one (``scoring.spice.cache_dir:
+    ${paths.cache_dir}/spice``, ``scoring.sentiment.device: ${device}``, ``table.roots``) see a
+    fixed placeholder instead of its value, so moving the cache or the logs or switching device
+    cannot change the hash.
     """
     raw = OmegaConf.to_container(cfg, resolve=False)
     assert isinstance(raw, dict)
@@ -202,14 +203,19 @@ def run_config_hash(cfg: DictConfig) -> str:
         if key in raw:
             raw[key] = _placeholders(raw[key], key)
     masked = OmegaConf.create(raw)
-    kept = {key: to_plain(masked[key]) for key in masked.keys() if key not in RUN_HASH_EXCLUDE}
+    kept = {key: to_plain(masked[key]) for key in masked if key not in RUN_HASH_EXCLUDE}
     return stable_hash(kept)
 
 
 def git_commit() -> str:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+            ["git", "rev-parse", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"

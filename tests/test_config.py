@@ -40,7 +40,7 @@ SKIP_GROUPS = {"hydra", "local"}
 OUTPUT_DIR_PLACEHOLDER = "/nonexistent/hydra-runtime-output-dir"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compose(overrides: tuple[str, ...], hydra_node: bool) -> DictConfig:
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF), job_name="test_config"):
         return compose("config", overrides=list(overrides), return_hydra_config=hydra_node)
@@ -138,8 +138,14 @@ def check_schemas(cfg: DictConfig) -> None:
     assert set(dataset["subset"]) <= _SUBSET_KEYS
     assert dataset["subset"]["mode"] in SUBSET_MODES
     assert set(plain["merge"]) == {"inputs", "output"}
-    assert set(plain["table"]) <= {"roots", "out_dir", "datasets", "experiments", "methods",
-                                   "formats"}
+    assert set(plain["table"]) <= {
+        "roots",
+        "out_dir",
+        "datasets",
+        "experiments",
+        "methods",
+        "formats",
+    }
 
 
 # ----------------------------------------------------------------------------------- composing
@@ -165,8 +171,10 @@ def test_every_option_composes_and_validates(overrides):
     check_schemas(compose_cfg(overrides))
 
 
-EXPERIMENTS = sorted(p.relative_to(CONF / "experiment").with_suffix("").as_posix()
-                     for p in (CONF / "experiment").rglob("*.yaml"))
+EXPERIMENTS = sorted(
+    p.relative_to(CONF / "experiment").with_suffix("").as_posix()
+    for p in (CONF / "experiment").rglob("*.yaml")
+)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -190,8 +198,9 @@ def test_hydra_node_and_callbacks():
     assert cfg.hydra.launcher._target_.endswith("BasicLauncher")
 
 
-@pytest.mark.parametrize(("name", "launcher"), [("local", "LocalLauncher"),
-                                                 ("slurm", "SlurmLauncher")])
+@pytest.mark.parametrize(
+    ("name", "launcher"), [("local", "LocalLauncher"), ("slurm", "SlurmLauncher")]
+)
 def test_launcher_configs(name, launcher):
     cfg = compose_cfg([f"+launcher={name}"], hydra_node=True)
     node = cfg.hydra.launcher
@@ -229,19 +238,35 @@ def test_every_stage_module_has_run():
         assert callable(resolve_stage(name).run), name
 
 
-@pytest.mark.parametrize("override", ["search.top_k=7", "seed=1", "adapter.max_tokens=3",
-                                      "objective=tiny_sentiment", "model@source=tiny_gpt2",
-                                      "dataset.subset.mode=first"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "search.top_k=7",
+        "seed=1",
+        "adapter.max_tokens=3",
+        "objective=tiny_sentiment",
+        "model@source=tiny_gpt2",
+        "dataset.subset.mode=first",
+    ],
+)
 def test_run_hash_changes_with_determining_keys(override):
     assert run_config_hash(compose_cfg([override])) != run_config_hash(compose_cfg())
 
 
-@pytest.mark.parametrize("override", ["paths.cache_dir=/elsewhere/cache",
-                                      "paths.log_dir=/elsewhere/logs",
-                                      "paths.data_dir=/elsewhere/data",
-                                      "paths.root_dir=/elsewhere",
-                                      "logger=none", "logger.project=other", "device=cpu",
-                                      "device=cuda:1", "stage=caption"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "paths.cache_dir=/elsewhere/cache",
+        "paths.log_dir=/elsewhere/logs",
+        "paths.data_dir=/elsewhere/data",
+        "paths.root_dir=/elsewhere",
+        "logger=none",
+        "logger.project=other",
+        "device=cpu",
+        "device=cuda:1",
+        "stage=caption",
+    ],
+)
 def test_run_hash_ignores_paths_logger_device(override):
     # scoring.spice.cache_dir interpolates paths.cache_dir and scoring.sentiment.device
     # interpolates device: neither may leak into the hash.
@@ -266,11 +291,14 @@ def test_misspelled_adapter_key_is_named():
         compose_cfg(["adapter.words_per_bukket=64"])
 
 
-@pytest.mark.parametrize(("override", "match"), [
-    ("adapter.overflow=wrap", "adapter.overflow='wrap'"),
-    ("adapter.max_tokens=0", "adapter.max_tokens"),
-    ("adapter.corpus.kind=books", "adapter.corpus.kind='books'"),
-])
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("adapter.overflow=wrap", "adapter.overflow='wrap'"),
+        ("adapter.max_tokens=0", "adapter.max_tokens"),
+        ("adapter.corpus.kind=books", "adapter.corpus.kind='books'"),
+    ],
+)
 def test_bad_adapter_values_fail_validation(override, match):
     cfg = compose_cfg([override])
     with pytest.raises(ValueError, match=match):

@@ -27,20 +27,45 @@ EXPERIMENT = "shard_test"
 # Four items with alternating wanted sentiments, so the shards' captions differ by item; ids
 # whose dataset order is also their numeric order (merge sorts numerically: 2 < 10).
 TARGETS = [
-    {"id": 1, "target": "a dog runs on the beach", "sentiment": "positive",
-     "references": ["a dog running on a beach", "a brown dog on the sand"]},
-    {"id": 2, "target": "two people ride bikes", "sentiment": "negative",
-     "references": ["two people riding bicycles"]},
-    {"id": 3, "target": "a red car parked outside", "sentiment": "positive",
-     "references": ["a red car on a street"]},
-    {"id": 10, "target": "a cat sleeps on a sofa", "sentiment": "negative",
-     "references": ["a cat asleep on a couch"]},
+    {
+        "id": 1,
+        "target": "a dog runs on the beach",
+        "sentiment": "positive",
+        "references": ["a dog running on a beach", "a brown dog on the sand"],
+    },
+    {
+        "id": 2,
+        "target": "two people ride bikes",
+        "sentiment": "negative",
+        "references": ["two people riding bicycles"],
+    },
+    {
+        "id": 3,
+        "target": "a red car parked outside",
+        "sentiment": "positive",
+        "references": ["a red car on a street"],
+    },
+    {
+        "id": 10,
+        "target": "a cat sleeps on a sofa",
+        "sentiment": "negative",
+        "references": ["a cat asleep on a couch"],
+    },
 ]
 
 SMALL = [
-    "stage=caption", "model@source=tiny_gpt2", "objective=tiny_sentiment", "dataset=text_targets",
-    "adapter.words_per_bucket=64", "adapter.heldout_words=8", "adapter.corpus.max_words=5000",
-    "search.steps=2", "search.top_k=8", "search.beam_width=2", "device=cpu", "logger=none",
+    "stage=caption",
+    "model@source=tiny_gpt2",
+    "objective=tiny_sentiment",
+    "dataset=text_targets",
+    "adapter.words_per_bucket=64",
+    "adapter.heldout_words=8",
+    "adapter.corpus.max_words=5000",
+    "search.steps=2",
+    "search.top_k=8",
+    "search.beam_width=2",
+    "device=cpu",
+    "logger=none",
     f"experiment_name={EXPERIMENT}",
 ]
 SHARDS = ["dataset.subset.mode=shard", "dataset.subset.count=2", "dataset.subset.index=0,1"]
@@ -57,18 +82,36 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> 
         (cache / sub).symlink_to(model_cache_dir / sub, target_is_directory=True)
     annotations = root / "targets.json"
     annotations.write_text(json.dumps(TARGETS, indent=1), encoding="utf-8")
-    env = dict(os.environ, FUSE_CACHE_DIR=str(cache), FUSE_LOG_DIR=str(root / "logs"),
-               FUSE_DATA_DIR=str(root / "data"), HYDRA_FULL_ERROR="1", WANDB_MODE="disabled",
-               TOKENIZERS_PARALLELISM="false")
-    return {"root": root, "env": env, "logs": root / "logs",
-            "dataset": f"dataset.annotations={annotations}"}
+    env = dict(
+        os.environ,
+        FUSE_CACHE_DIR=str(cache),
+        FUSE_LOG_DIR=str(root / "logs"),
+        FUSE_DATA_DIR=str(root / "data"),
+        HYDRA_FULL_ERROR="1",
+        WANDB_MODE="disabled",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    return {
+        "root": root,
+        "env": env,
+        "logs": root / "logs",
+        "dataset": f"dataset.annotations={annotations}",
+    }
 
 
 def run_py(args: list[str], env: dict[str, str], timeout: int = 240) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "run.py", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"run.py {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n" \
-                                 f"{proc.stderr[-5000:]}"
+    proc = subprocess.run(
+        [sys.executable, "run.py", *args],
+        check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, (
+        f"run.py {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    )
     return proc
 
 
@@ -92,8 +135,9 @@ def unsharded(workdir: dict[str, Any]) -> Path:
 @pytest.fixture(scope="module")
 def sweep(workdir: dict[str, Any], unsharded: Path) -> dict[str, Any]:
     """The 2-shard multirun through the submitit local launcher; its sweep folder."""
-    proc = run_py(["-m", "+launcher=local", *SMALL, workdir["dataset"], *SHARDS], workdir["env"],
-                  timeout=400)
+    proc = run_py(
+        ["-m", "+launcher=local", *SMALL, workdir["dataset"], *SHARDS], workdir["env"], timeout=400
+    )
     sweeps = sorted((workdir["logs"] / "multirun" / EXPERIMENT).iterdir())
     assert len(sweeps) == 1, sweeps
     return {"dir": sweeps[0], "log": proc.stdout + proc.stderr}
@@ -126,16 +170,27 @@ def test_submitit_local_shards_merge_to_the_unsharded_run(workdir, unsharded, sw
         assert f"dataset.subset.index={n}" in overrides
 
     merged_dir = workdir["root"] / "merged"
-    run_py(["stage=merge", f"hydra.run.dir={merged_dir}", "logger=none",
-            "merge.inputs=[" + ",".join(f"'{p}'" for p in reversed(shards)) + "]"],
-           workdir["env"])
+    # A glob over the job folders, as conf/launcher/*.yaml documents it.
+    run_py(
+        [
+            "stage=merge",
+            f"hydra.run.dir={merged_dir}",
+            "logger=none",
+            f"merge.inputs=['{sweep_dir}/*/captions.jsonl']",
+        ],
+        workdir["env"],
+    )
     merged = read_rows(merged_dir / "captions.jsonl")
     full = read_rows(unsharded)
     assert [r["id"] for r in merged] == ["1", "2", "3", "10"]
     assert without_timing(merged) == without_timing(full)
     for a, b in zip(merged, full):
-        assert (a["id"], a["method"], a["caption"], a["losses"]) \
-            == (b["id"], b["method"], b["caption"], b["losses"])
+        assert (a["id"], a["method"], a["caption"], a["losses"]) == (
+            b["id"],
+            b["method"],
+            b["caption"],
+            b["losses"],
+        )
     assert json.loads((merged_dir / "run_info.json").read_text())["stage"] == "merge"
 
 
@@ -148,8 +203,9 @@ def test_multirun_writes_sweep_summary(sweep):
     assert [r["job"] for r in rows] == ["0", "1"]
     assert [r["override.dataset.subset.index"] for r in rows] == ["0", "1"]
     assert all(r["override.+launcher"] == "local" for r in rows)
-    assert all(r["run_info.stage"] == "caption" and r["run_info.experiment"] == EXPERIMENT
-               for r in rows)
+    assert all(
+        r["run_info.stage"] == "caption" and r["run_info.experiment"] == EXPERIMENT for r in rows
+    )
     # Shards differ in dataset.subset.index, a key that determines the run: distinct hashes.
     assert rows[0]["run_info.config_hash"] != rows[1]["run_info.config_hash"]
     # stage=caption writes no metrics.json (stage=score does): the rows say so.
