@@ -96,7 +96,12 @@ def run_stage(cfg: DictConfig, out_dir: Path | None = None) -> float | None:
     }
     write_json(out_dir / "run_info.json", info)
     start = time.perf_counter()
-    result = module.run(cfg, out_dir) or {}
+    try:
+        result = module.run(cfg, out_dir) or {}
+    except Exception:
+        # Into run.log too (Hydra's file handler), not only the terminal.
+        log.exception("stage %s failed; outputs so far are in %s", cfg.stage, out_dir)
+        raise
     log.info("stage %s finished in %.1f s; outputs in %s", cfg.stage, time.perf_counter() - start, out_dir)
     objective = result.get("objective") if isinstance(result, dict) else None
     return float(objective) if objective is not None else None

@@ -155,13 +155,21 @@ def _expand(paths: Iterable[str | Path]) -> list[Path]:
         matches = sorted(glob.glob(text), key=natural_key) if glob.has_magic(text) else [text]
         if not matches:
             raise FileNotFoundError(f"no shard files match {text!r}")
+        found = []
         for m in matches:
             p = Path(m)
             if p.is_dir():
                 p = p / "captions.jsonl"
+            elif glob.has_magic(text) and p.suffix != ".jsonl":
+                continue  # a sweep folder's multirun.yaml, sweep_summary.csv, logs ...
+            if glob.has_magic(text) and not p.is_file():
+                continue  # a folder of the sweep that is not a caption job
             if not p.is_file():
                 raise FileNotFoundError(f"shard captions file {str(p)!r} not found")
-            out.append(p)
+            found.append(p)
+        if not found:
+            raise FileNotFoundError(f"no shard captions.jsonl among the matches of {text!r}")
+        out.extend(found)
     return out
 
 

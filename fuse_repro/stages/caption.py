@@ -22,7 +22,7 @@ from fuse_repro.app import resolve_device
 from fuse_repro.config import AdapterConfig, SearchConfig, typed, validate_adapter, validate_search
 from fuse_repro.models import load_model
 from fuse_repro.objectives import ObjectiveError, SecondaryObjective, build_objective, check_weights
-from fuse_repro.search import search_caption, timed_search
+from fuse_repro.search import timed_search
 from fuse_repro.tracking import Tracker, open_tracker
 
 log = logging.getLogger(__name__)
@@ -178,6 +178,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     captioner = build_captioner(cfg.source, cfg.objective, adapter_cfg, Path(cfg.paths.cache_dir), device)
     with open_tracker(cfg, out_dir, "caption", {"adapter_keys": captioner.adapter_keys}) as tracker:
         records = caption_items(items, captioner, search_cfg, int(cfg.seed), out_dir, tracker)
+        if not records:
+            raise RuntimeError(f"no item could be captioned (see {out_dir / 'errors.jsonl'})")
         mean_total = sum(r["losses"]["total"] for r in records) / max(len(records), 1)
         tracker.summary({"captions": len(records), "mean_total_loss": mean_total})
     print(f"{len(records)} captions in {out_dir / 'captions.jsonl'}")
