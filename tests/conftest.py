@@ -56,3 +56,16 @@ def tiny_roberta(model_cache_dir: Path) -> TextModel:
 @pytest.fixture(scope="session")
 def tiny_clip(model_cache_dir: Path) -> TextModel:
     return load_model(model_cfg("tiny_clip"), cache_dir=model_cache_dir)
+
+
+# The real SmolLM2 -> MiniLM FUSE pair, fitted once per session with a small N (4096 words per
+# bucket instead of the paper's 16384) on the offline wordfreq corpus. The reduced pipeline test
+# runs `run.py` with the same adapter settings, so it reuses this cache entry.
+
+
+@pytest.fixture(scope="session")
+def smol_minilm_adapter(smollm2: TextModel, minilm: TextModel, model_cache_dir: Path):
+    from fuse_repro.adapter import fit_adapter
+    from fuse_repro.config import AdapterConfig
+
+    return fit_adapter(smollm2, minilm, AdapterConfig(words_per_bucket=4096, heldout_words=256), model_cache_dir)

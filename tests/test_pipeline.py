@@ -33,9 +33,9 @@ REDUCED = [
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(model_cache_dir, smollm2, tmp_path_factory):
-    """One reduced default run; the model cache is shared with the in-process fixtures (the
-    `smollm2` fixture makes sure SmolLM2 is converted before the subprocess starts)."""
+def pipeline_run(model_cache_dir, smol_minilm_adapter, tmp_path_factory):
+    """One reduced default run; the model cache is shared with the in-process fixtures (SmolLM2
+    is converted and the adapter fitted before the subprocess starts, which reuses both)."""
     logs = tmp_path_factory.mktemp("logs")
     env = {**os.environ, "FUSE_CACHE_DIR": str(model_cache_dir), "FUSE_LOG_DIR": str(logs)}
     proc = subprocess.run(

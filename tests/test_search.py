@@ -25,15 +25,11 @@ from fuse_repro.stages import caption as caption_stage
 
 # Plumbing fits for the tiny random models: a small corpus is plenty.
 SMALL_FIT = AdapterConfig(words_per_bucket=256, heldout_words=16, corpus=CorpusConfig(max_words=20000))
-# The real SmolLM2 -> MiniLM pair: enough words for a meaningful gradient (held-out residual
-# below the mean baseline in every bucket; see test_integration.py).
-REAL_FIT = AdapterConfig(words_per_bucket=4096, heldout_words=256)
 
 
 @pytest.fixture(scope="module")
-def smol_minilm_bridge(smollm2, minilm, model_cache_dir):
-    adapter = fit_adapter(smollm2, minilm, REAL_FIT, model_cache_dir)
-    return Bridge(smollm2, minilm, adapter, overflow="random", seed=0)
+def smol_minilm_bridge(smollm2, minilm, smol_minilm_adapter):
+    return Bridge(smollm2, minilm, smol_minilm_adapter, overflow="random", seed=0)
 
 
 def encode_all(model, texts):
