@@ -236,6 +236,7 @@ def main() -> int:
     sampler = RssSampler() if not hwm_reset else None
     if sampler is not None:
         sampler.__enter__()
+    cpu0 = time.process_time()
     start = time.perf_counter()
     if profiler is not None:
         profiler.enable()
@@ -243,6 +244,7 @@ def main() -> int:
     if profiler is not None:
         profiler.disable()
     wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
     if sampler is not None:
         sampler.__exit__(None, None, None)
         peak_kb = sampler.peak
@@ -278,6 +280,8 @@ def main() -> int:
     print(f"  {'other (bucketing, fingerprints, ...)':<40} {wall - accounted:8.2f} s")
     print()
     print(f"fit wall time       : {wall:8.2f} s   (target < {args.target_s:.0f} s)  {'OK' if ok_time else 'MISSED'}")
+    print(f"fit CPU time        : {cpu:8.2f} s   (user+sys, all threads; CPU/wall = {cpu / wall:.2f}, "
+          f"load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     print(f"peak RSS (ru_maxrss): {maxrss_gb:8.2f} GB  (process lifetime; {maxrss_before_kb / 2**20:.2f} GB before the fit)")
     print(f"peak RSS during fit : {peak_kb / 2**20:8.2f} GB  ({peak_how})")
     print(f"  above baseline    : {above_gb:8.2f} GB  (baseline {baseline_kb / 2**20:.2f} GB right after the tables)")

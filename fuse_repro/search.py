@@ -153,6 +153,18 @@ def evaluate_candidates(
     return {obj.name: obj.evaluate(sequences, chunk) for obj in objectives}
 
 
+def encode_prefix(primary: Any, prefix: str) -> list[int]:
+    """The prefix's ids; a clear error when the tokenizer cannot round-trip it."""
+    tok = primary.tokenizer
+    ids = tok.encode(prefix)
+    if not ids or tok.decode(ids) != prefix:
+        raise ObjectiveError(
+            f"prefix {prefix!r} does not survive {primary.name}'s tokenizer "
+            f"(encodes to {ids}, decodes to {tok.decode(ids)!r})"
+        )
+    return ids
+
+
 @dataclass
 class SearchState:
     """Everything one caption search carries from step to step."""
@@ -181,13 +193,7 @@ def start_search(
     """Validate the inputs, prepare every objective for ``item`` and encode the prefix once."""
     validate_search(cfg)
     check_weights(lm_weight, {o.name: o.weight for o in objectives})
-    tok = primary.tokenizer
-    prefix_ids = tok.encode(cfg.prefix)
-    if not prefix_ids or tok.decode(prefix_ids) != cfg.prefix:
-        raise ObjectiveError(
-            f"prefix {cfg.prefix!r} does not survive {primary.name}'s tokenizer "
-            f"(encodes to {prefix_ids}, decodes to {tok.decode(prefix_ids)!r})"
-        )
+    prefix_ids = encode_prefix(primary, cfg.prefix)
     for obj in objectives:
         obj.prepare(item)
     # lm_only optimizes the LM alone; the secondary losses are still reported.

@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from fuse_repro.config import check_choice
+from fuse_repro.config import check_choice, git_commit
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ def open_tracker(
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     assert isinstance(config, dict)
     config.pop("hydra", None)
+    config["git_commit"] = git_commit()
     config.update(extra_config or {})
     out_dir.mkdir(parents=True, exist_ok=True)
     run = wandb.init(

@@ -22,7 +22,7 @@ from fuse_repro.app import resolve_device
 from fuse_repro.config import AdapterConfig, SearchConfig, typed, validate_adapter, validate_search
 from fuse_repro.models import load_model
 from fuse_repro.objectives import ObjectiveError, SecondaryObjective, build_objective, check_weights
-from fuse_repro.search import timed_search
+from fuse_repro.search import encode_prefix, timed_search
 from fuse_repro.tracking import Tracker, open_tracker
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,7 @@ def caption_items(
     """Caption every item not yet in ``out_dir/captions.jsonl``; returns all records, in the
     dataset's order."""
     validate_search(search_cfg)
+    encode_prefix(captioner.primary, search_cfg.prefix)  # a bad prefix fails the run, not each item
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "captions.jsonl"
     done = read_jsonl(path)
