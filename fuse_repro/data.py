@@ -216,6 +216,19 @@ def read_karpathy(
     return _check_unique(items, path, fmt)
 
 
+def _coco_style_refs(data: Any, path: Path | str, expected: str, fmt: str) -> dict[str, list[str]]:
+    """``{image_id: [captions]}`` of a COCO-style ``{"images": [...], "annotations": [...]}``."""
+    _require(isinstance(data, dict) and isinstance(data.get("images"), list)
+             and isinstance(data.get("annotations"), list), path, expected, fmt,
+             "no 'images'/'annotations' lists")
+    refs: dict[str, list[str]] = {}
+    for n, ann in enumerate(data["annotations"]):
+        _require(isinstance(ann, dict) and "image_id" in ann and isinstance(ann.get("caption"),
+                 str), path, expected, fmt, f"annotation {n} lacks 'image_id' or 'caption'")
+        refs.setdefault(str(ann["image_id"]), []).append(ann["caption"])
+    return refs
+
+
 def read_coco_captions(
     path: str | Path, image_dir: str | Path | None = None, sentiment: str | None = None
 ) -> list[Item]:
@@ -227,15 +240,8 @@ def read_coco_captions(
     fmt = "coco_captions"
     expected = '{"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]}'
     data = _load_json(path, fmt, expected)
-    _require(isinstance(data, dict) and isinstance(data.get("images"), list)
-             and isinstance(data.get("annotations"), list), path, expected, fmt,
-             "no 'images'/'annotations' lists")
     sentiment = _check_sentiment(sentiment)
-    refs: dict[str, list[str]] = {}
-    for n, ann in enumerate(data["annotations"]):
-        _require(isinstance(ann, dict) and "image_id" in ann and isinstance(ann.get("caption"),
-                 str), path, expected, fmt, f"annotation {n} lacks 'image_id' or 'caption'")
-        refs.setdefault(str(ann["image_id"]), []).append(ann["caption"])
+    refs = _coco_style_refs(data, path, expected, fmt)
     items = []
     for n, img in enumerate(data["images"]):
         _require(isinstance(img, dict) and "id" in img, path, expected, fmt,
@@ -265,14 +271,7 @@ def read_nocaps(path: str | Path, image_dir: str | Path | None = None) -> list[I
         "(nocaps_val_4500_captions.json)"
     )
     data = _load_json(path, fmt, expected)
-    _require(isinstance(data, dict) and isinstance(data.get("images"), list)
-             and isinstance(data.get("annotations"), list), path, expected, fmt,
-             "no 'images'/'annotations' lists")
-    refs: dict[str, list[str]] = {}
-    for n, ann in enumerate(data["annotations"]):
-        _require(isinstance(ann, dict) and "image_id" in ann and isinstance(ann.get("caption"),
-                 str), path, expected, fmt, f"annotation {n} lacks 'image_id' or 'caption'")
-        refs.setdefault(str(ann["image_id"]), []).append(ann["caption"])
+    refs = _coco_style_refs(data, path, expected, fmt)
     items = []
     for n, img in enumerate(data["images"]):
         _require(isinstance(img, dict) and "id" in img and "domain" in img, path, expected,
