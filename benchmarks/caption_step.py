@@ -41,6 +41,7 @@ Run
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import sys
@@ -57,7 +58,13 @@ sys.path.insert(0, str(REPO))
 
 from fuse_repro.adapter import TargetBatch  # noqa: E402
 from fuse_repro.config import AdapterConfig, SearchConfig  # noqa: E402
-from fuse_repro.search import SearchState, lm_context, propose, search_step, start_search  # noqa: E402
+from fuse_repro.search import (  # noqa: E402
+    SearchState,
+    lm_context,
+    propose,
+    search_step,
+    start_search,
+)
 from fuse_repro.stages.caption import Captioner, build_captioner  # noqa: E402
 
 TARGET_TEXT = "A brown dog runs along a sandy beach next to the ocean."
@@ -166,14 +173,15 @@ def select(
 
 
 @torch.no_grad()
-def library_totals(state: SearchState, pairs: list[tuple[int, int]], logprobs: torch.Tensor) -> list[float]:
+def library_totals(
+    state: SearchState, pairs: list[tuple[int, int]], logprobs: torch.Tensor
+) -> list[float]:
     """The totals search_step computes (KV-cache LM term + chunked bridged secondary), for the
     float-noise report only (untimed)."""
     n = len(state.beams[0])
     sequences = [state.prefix_ids + state.beams[b] + [c] for b, c in pairs]
-    total = torch.tensor(
-        [(float(state.nll_sums[b]) - float(logprobs[b, c])) / (n + 1) for b, c in pairs]
-    ) * state.lm_weight
+    lm = [(float(state.nll_sums[b]) - float(logprobs[b, c])) / (n + 1) for b, c in pairs]
+    total = state.lm_weight * torch.tensor(lm)
     for obj in state.searching:
         total = total + obj.weight * obj.evaluate(sequences, state.cfg.eval_chunk)
     return total.tolist()
@@ -186,14 +194,12 @@ def compare_choices(
     naive_totals: list[float],
     tol: float,
 ) -> tuple[bool, str]:
-    """Identical lists pass. Otherwise pass only when every pair chosen by one side and not the
-    other, or out of order, sits within ``tol`` (naive totals) of the pair it displaced."""
+    """Identical lists pass. Otherwise pass only when, rank by rank, the pair each side chose
+    has a (naive) total within ``tol`` of the other's: a float tie, not a different choice."""
     if fast == naive:
         return True, "identical"
     index = {p: k for k, p in enumerate(pairs)}
-    fast_t = [naive_totals[index[p]] for p in fast]
-    naive_t = [naive_totals[index[p]] for p in naive]
-    gaps = [abs(a - b) for a, b in zip(fast_t, naive_t)]
+    gaps = [abs(naive_totals[index[a]] - naive_totals[index[b]]) for a, b in zip(fast, naive)]
     worst = max(gaps) if gaps else float("inf")
     if len(fast) == len(naive) and worst <= tol:
         return True, f"differ only among float ties (largest total gap {worst:.2e} <= {tol:.0e})"
@@ -201,46 +207,55 @@ def compare_choices(
 
 
 def run_naive(
-    cap: Captioner, item: Item, cfg: SearchConfig, seed: int, pad_to: int, sample: int, rng_seed: int,
+    cap: Captioner,
+    item: Item,
+    cfg: SearchConfig,
+    seed: int,
+    pad_to: int,
+    sample: int,
     fast_cands: torch.Tensor | None,
 ) -> dict[str, Any]:
     """A naive step from a freshly rebuilt state. ``sample`` > 0: evaluate only that many pairs
-    (seeded) and extrapolate the evaluation time; no selection then."""
+    (seeded by ``seed``) and extrapolate the evaluation time; no selection then."""
     state = fresh_state(cap, item, cfg, seed)
     t0 = time.perf_counter()
     cand, logprobs = propose(state)
     propose_s = time.perf_counter() - t0
-    same_cands = fast_cands is None or torch.equal(cand, fast_cands)
+    same = fast_cands is None or torch.equal(cand, fast_cands)
     pairs = [(b, int(c)) for b in range(len(state.beams)) for c in cand[b].tolist()]
-    out: dict[str, Any] = {"pairs": len(pairs), "propose_s": propose_s, "same_candidates": same_cands}
+    out: dict[str, Any] = {"pairs": len(pairs), "propose_s": propose_s, "same_candidates": same}
     if sample and sample < len(pairs):
-        subset = random.Random(rng_seed).sample(range(len(pairs)), sample)
+        subset = random.Random(seed).sample(range(len(pairs)), sample)
         _, eval_s = naive_evaluate(state, [pairs[k] for k in subset], pad_to)
         out.update(sampled=sample, eval_s=eval_s * len(pairs) / sample, eval_sample_s=eval_s)
         out["step_s"] = propose_s + out["eval_s"]
         return out
     totals, eval_s = naive_evaluate(state, pairs, pad_to)
     t1 = time.perf_counter()
-    chosen = select(state, pairs, totals)
+    chosen = [pairs[k] for k in select(state, pairs, totals)]
     select_s = time.perf_counter() - t1
     lib = library_totals(state, pairs, logprobs)
+    tok = cap.primary.tokenizer
     out.update(
         sampled=0,
         eval_s=eval_s,
         select_s=select_s,
         step_s=propose_s + eval_s + select_s,
-        chosen=[pairs[k] for k in chosen],
+        chosen=chosen,
         pair_list=pairs,
         totals=totals,
         max_abs_diff=max(abs(a - b) for a, b in zip(totals, lib)),
-        texts=[cap.primary.tokenizer.decode(state.prefix_ids + state.beams[pairs[k][0]] + [pairs[k][1]])
-               for k in chosen],
+        texts=[tok.decode(state.prefix_ids + state.beams[b] + [c]) for b, c in chosen],
     )
     return out
 
 
-def fast_runs(cap: Captioner, item: Item, cfg: SearchConfig, seed: int, repeats: int) -> dict[str, Any]:
-    times, chosen, cands, texts = [], None, None, None
+def fast_runs(
+    cap: Captioner, item: Item, cfg: SearchConfig, seed: int, repeats: int
+) -> dict[str, Any]:
+    """``repeats`` timed step-2 runs, each from a freshly rebuilt state."""
+    times: list[float] = []
+    chosen, cands, texts = None, None, None
     for _ in range(repeats):
         state = fresh_state(cap, item, cfg, seed)
         if cands is None:
@@ -250,10 +265,17 @@ def fast_runs(cap: Captioner, item: Item, cfg: SearchConfig, seed: int, repeats:
         times.append(seconds)
         if chosen is None:
             chosen = picked
-            texts = [cap.primary.tokenizer.decode(prefix + beams[p] + [t]) for p, t in picked]
+            tok = cap.primary.tokenizer
+            texts = [tok.decode(prefix + beams[p] + [t]) for p, t in picked]
         elif picked != chosen:
             raise SystemExit(f"search_step is not deterministic: {picked} vs {chosen}")
-    return {"times": times, "median": statistics.median(times), "chosen": chosen, "cands": cands, "texts": texts}
+    return {
+        "times": times,
+        "median": statistics.median(times),
+        "chosen": chosen,
+        "cands": cands,
+        "texts": texts,
+    }
 
 
 def main() -> int:
@@ -262,7 +284,8 @@ def main() -> int:
                         help="converted models and fitted adapters (the app's paths.cache_dir)")
     parser.add_argument("--top-k", type=int, default=512)
     parser.add_argument("--beam-width", type=int, default=5)
-    parser.add_argument("--eval-chunk", type=int, default=256, help="conf/search/fuse.yaml's value")
+    parser.add_argument("--eval-chunk", type=int, default=256,
+                        help="pairs per secondary forward (conf/search/fuse.yaml's value)")
     parser.add_argument("--prefix", default="An image of")
     parser.add_argument("--target", default=TARGET_TEXT)
     parser.add_argument("--words-per-bucket", type=int, default=4096)
@@ -270,13 +293,15 @@ def main() -> int:
     parser.add_argument("--lm-weight", type=float, default=1.0)
     parser.add_argument("--sim-weight", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=3, help="fast-step repeats (median reported)")
-    parser.add_argument("--naive-pad", type=int, default=77, help="pad each naive MiniLM input to this length (0: no padding)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="fast-step repeats (median reported)")
+    parser.add_argument("--naive-pad", type=int, default=77,
+                        help="pad each naive MiniLM input to this many tokens (0: no padding)")
     parser.add_argument("--naive-sample", type=int, default=256,
-                        help="time the naive evaluation on this many seeded random pairs and extrapolate "
-                             "(0: all pairs, a full naive step: ~2560 x 2 forwards, many minutes)")
+                        help="time the naive evaluation on this many seeded random pairs and "
+                             "extrapolate (0: all pairs, a full naive step: 2560 x 2 forwards)")
     parser.add_argument("--check-top-k", type=int, default=64,
-                        help="top-k of the full naive run used for the chosen-token check when sampling")
+                        help="top-k of the full naive run for the chosen-token check when sampling")
     parser.add_argument("--tie-tol", type=float, default=1e-4)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--target-speedup", type=float, default=5.0)
@@ -289,67 +314,82 @@ def main() -> int:
     objective_cfg = OmegaConf.create({
         "lm_weight": args.lm_weight,
         "terms": {"text_similarity": {
-            "kind": "text_similarity", "weight": args.sim_weight,
+            "kind": "text_similarity",
+            "weight": args.sim_weight,
             "model": OmegaConf.load(model_dir / "minilm_l6.yaml"),
         }},
     })
-    adapter_cfg = AdapterConfig(words_per_bucket=args.words_per_bucket, heldout_words=args.heldout_words,
-                                seed=args.seed)
+    adapter_cfg = AdapterConfig(
+        words_per_bucket=args.words_per_bucket, heldout_words=args.heldout_words, seed=args.seed
+    )
     t0 = time.perf_counter()
     cap = build_captioner(source_cfg, objective_cfg, adapter_cfg, args.cache_dir, "cpu")
     setup_s = time.perf_counter() - t0
     bridge = cap.objectives[0].bridge
-    cfg = SearchConfig(method="fuse", prefix=args.prefix, top_k=args.top_k, beam_width=args.beam_width,
-                       eval_chunk=args.eval_chunk)
+    cfg = SearchConfig(method="fuse", prefix=args.prefix, top_k=args.top_k,
+                       beam_width=args.beam_width, eval_chunk=args.eval_chunk)
     item = Item(id="bench-0", target=args.target)
 
     fast = fast_runs(cap, item, cfg, args.seed, args.repeats)
-    naive = run_naive(cap, item, cfg, args.seed, args.naive_pad, args.naive_sample, args.seed, fast["cands"])
-
+    naive = run_naive(cap, item, cfg, args.seed, args.naive_pad, args.naive_sample, fast["cands"])
     check_cfg, check_fast, check_naive = cfg, fast, naive
     if naive["sampled"]:
         check_cfg = replace(cfg, top_k=args.check_top_k)
         check_fast = fast_runs(cap, item, check_cfg, args.seed, 1)
-        check_naive = run_naive(cap, item, check_cfg, args.seed, args.naive_pad, 0, args.seed, check_fast["cands"])
-    same, verdict = compare_choices(check_fast["chosen"], check_naive["chosen"], check_naive["pair_list"],
-                                    check_naive["totals"], args.tie_tol)
-    same = same and naive["same_candidates"] and check_naive["same_candidates"]
-
+        check_naive = run_naive(cap, item, check_cfg, args.seed, args.naive_pad, 0,
+                                check_fast["cands"])
+    same, verdict = compare_choices(check_fast["chosen"], check_naive["chosen"],
+                                    check_naive["pair_list"], check_naive["totals"], args.tie_tol)
+    same_cands = naive["same_candidates"] and check_naive["same_candidates"]
+    same = same and same_cands
     speedup = naive["step_s"] / fast["median"]
     ok_speed = speedup >= args.target_speedup
+
+    primary, secondary = cap.primary, cap.objectives[0]
+    adapter = bridge.adapter
     print()
     print("=" * 78)
     print("Caption search step benchmark: search_step vs a naive step")
     print("=" * 78)
-    print(f"primary   : {cap.primary.name} (d={cap.primary.dim}, V={cap.primary.embedding_table().shape[0]})")
-    print(f"secondary : {cap.objectives[0].model.name} text similarity through {bridge.kind} "
-          f"(adapter {bridge.adapter.key}, N={args.words_per_bucket}, held-out={args.heldout_words}, "
-          f"{'from cache' if bridge.adapter.from_cache else 'fitted now'} at {args.cache_dir})")
-    print(f"weights   : lm {cap.lm_weight}, text_similarity {cap.objectives[0].weight}; target {item.target!r}")
+    print(f"primary   : {primary.name} (d={primary.dim}, V={primary.embedding_table().shape[0]})")
+    print(f"secondary : {secondary.model.name} text similarity through {bridge.kind} "
+          f"(adapter {adapter.key}: N={args.words_per_bucket}, held-out={args.heldout_words}, "
+          f"{'loaded from the cache' if adapter.from_cache else 'fitted now'} at {args.cache_dir})")
+    print(f"weights   : lm {cap.lm_weight}, text_similarity {secondary.weight}; "
+          f"target {item.target!r}")
     print(f"search    : prefix {cfg.prefix!r}, top_k={cfg.top_k}, beam_width={cfg.beam_width}, "
           f"eval_chunk={cfg.eval_chunk}; step 2 evaluates {naive['pairs']} pairs")
-    print(f"machine   : torch {torch.__version__}, {torch.get_num_threads()} threads; setup {setup_s:.1f} s (untimed)")
+    print(f"machine   : {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; setup {setup_s:.1f} s (untimed); "
+          f"1-min load average now {os.getloadavg()[0]:.1f}")
     print()
-    print(f"fast step (search_step)  : median {fast['median']:.2f} s over {len(fast['times'])} runs "
-          f"({', '.join(f'{t:.2f}' for t in fast['times'])})")
+    times = ", ".join(f"{t:.2f}" for t in fast["times"])
+    print(f"fast step (search_step)  : median {fast['median']:.2f} s over {len(fast['times'])} "
+          f"runs ({times})")
     if naive["sampled"]:
-        print(f"naive step (extrapolated): {naive['step_s']:.2f} s = propose {naive['propose_s']:.2f} s + "
-              f"evaluation {naive['eval_s']:.2f} s, EXTRAPOLATED linearly from {naive['sampled']} seeded random "
-              f"pairs of {naive['pairs']} ({naive['eval_sample_s']:.2f} s, "
-              f"{1000 * naive['eval_sample_s'] / naive['sampled']:.1f} ms/pair)")
+        per_pair = 1000 * naive["eval_sample_s"] / naive["sampled"]
+        print(f"naive step (EXTRAPOLATED): {naive['step_s']:.2f} s = propose "
+              f"{naive['propose_s']:.2f} s + evaluation {naive['eval_s']:.2f} s, extrapolated "
+              f"linearly from {naive['sampled']} seeded random pairs of {naive['pairs']} "
+              f"({naive['eval_sample_s']:.2f} s, {per_pair:.1f} ms/pair)")
     else:
-        print(f"naive step (full)        : {naive['step_s']:.2f} s = propose {naive['propose_s']:.2f} s + "
-              f"evaluation {naive['eval_s']:.2f} s ({1000 * naive['eval_s'] / naive['pairs']:.1f} ms/pair) + "
-              f"select {naive['select_s']:.2f} s")
-    print(f"naive MiniLM padding     : {'to ' + str(args.naive_pad) + ' tokens' if args.naive_pad else 'none'} "
-          f"(one candidate per forward); LM: full forward per candidate, no KV cache")
+        per_pair = 1000 * naive["eval_s"] / naive["pairs"]
+        print(f"naive step (full)        : {naive['step_s']:.2f} s = propose "
+              f"{naive['propose_s']:.2f} s + evaluation {naive['eval_s']:.2f} s "
+              f"({per_pair:.1f} ms/pair) + select {naive['select_s']:.2f} s")
+    pad = f"to {args.naive_pad} tokens" if args.naive_pad else "none"
+    print(f"naive evaluation         : LM full forward per candidate (no KV cache); MiniLM one "
+          f"candidate per forward, padding {pad}")
     print(f"speed-up                 : {speedup:.1f}x   (target >= {args.target_speedup:.0f}x)  "
           f"{'OK' if ok_speed else 'MISSED'}")
     print()
-    what = f"top_k={check_cfg.top_k}, full naive run" + (" (the top_k=512 naive run was sampled)" if naive["sampled"] else "")
+    what = f"top_k={check_cfg.top_k}, full naive run"
+    if naive["sampled"]:
+        what += f"; the top_k={cfg.top_k} naive step above was sampled"
     print(f"chosen-token check ({what}):")
-    print(f"  candidate sets identical : {naive['same_candidates'] and check_naive['same_candidates']}")
-    print(f"  max |fast - naive| total : {check_naive['max_abs_diff']:.2e} over {len(check_naive['totals'])} pairs")
+    print(f"  candidate sets identical : {same_cands}")
+    print(f"  max |fast - naive| total : {check_naive['max_abs_diff']:.2e} over "
+          f"{len(check_naive['totals'])} pairs")
     print(f"  fast  (parent, token)    : {check_fast['chosen']}")
     print(f"  naive (parent, token)    : {check_naive['chosen']}")
     for p, text in zip(check_fast["chosen"], check_fast["texts"]):

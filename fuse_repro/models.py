@@ -506,6 +506,47 @@ class OpenClipTokenizer(WordTokenizer):
             ids = self._memo[text] = tuple(int(t) for t in self.raw.encode(text))
         return list(ids)
 
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Many texts at once (fitting tokenizes ~320k words): the same ids as ``encode``, with
+        CLIP's BPE merges run by the Rust ``tokenizers`` BPE over CLIP's own vocab and merges.
+
+        Cleaning stays open_clip's, except that printable ASCII without ``&`` skips ftfy: for
+        such text ``ftfy.fix_text`` and ``html.unescape`` change nothing, so open_clip's
+        ``_clean_lower`` reduces to whitespace folding plus lowercasing (checked on all 319,938
+        wordfreq words and in tests). Other clean functions take the plain per-text path.
+        """
+        if getattr(self.raw.clean_fn, "__name__", "") != "_clean_lower":
+            return [self.encode(t) for t in texts]
+        import regex
+
+        byte_encoder = self.raw.byte_encoder
+        pieces: list[str] = []  # byte-encoded pre-tokens of every text, in order
+        owner: list[int] = []
+        for i, text in enumerate(texts):
+            if text.isascii() and text.isprintable() and "&" not in text:
+                cleaned = " ".join(text.split()).lower()
+            else:
+                cleaned = self.raw.clean_fn(text)
+            for piece in regex.findall(self.raw.pat, cleaned):
+                pieces.append("".join(byte_encoder[b] for b in piece.encode("utf-8")))
+                owner.append(i)
+        out: list[list[int]] = [[] for _ in texts]
+        encodings = self._rust_bpe().encode_batch(
+            [[p] for p in pieces], is_pretokenized=True, add_special_tokens=False
+        )
+        for i, enc in zip(owner, encodings):
+            out[i].extend(enc.ids)
+        return out
+
+    def _rust_bpe(self) -> Any:
+        if getattr(self, "_bpe", None) is None:
+            from tokenizers import Tokenizer
+            from tokenizers.models import BPE
+
+            merges = [pair for pair, _ in sorted(self.raw.bpe_ranks.items(), key=lambda kv: kv[1])]
+            self._bpe = Tokenizer(BPE(vocab=dict(self.raw.encoder), merges=merges, end_of_word_suffix="</w>"))
+        return self._bpe
+
     def decode(self, ids: Sequence[int]) -> str:
         return self.raw.decode([int(t) for t in ids if int(t) not in self.special_ids])
 

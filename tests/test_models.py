@@ -507,3 +507,16 @@ def test_real_hub_models_fail_fast_here(model_cache_dir: Path) -> None:
         else:
             continue  # in the local cache after all: loading it is fine
         assert time.perf_counter() - start < 5.0, name
+
+
+def test_clip_encode_batch_equals_open_clip_encode(tiny_clip: TextModel) -> None:
+    """The fast batch path (ASCII cleaning shortcut + Rust BPE) gives open_clip's exact ids."""
+    import wordfreq
+
+    tok = tiny_clip.tokenizer
+    words = wordfreq.top_n_list("en", 400000, wordlist="large")[::97]  # ~3.3k words, all kinds
+    texts = [" " + w for w in words] + [
+        "A café &amp; a  Dog!!", "naïve 🙂 x", "3.14 don't (hello)", "TABS\tand\nnewlines",
+        "&nbsp;x", "", "   ", "pneumonoultramicroscopicsilicovolcanoconiosis", "a" * 200,
+    ]
+    assert tok.encode_batch(texts) == [list(tok.raw.encode(t)) for t in texts]
