@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fuse_repro.data import load_dataset
 from fuse_repro.scoring import ScoringOptions, score_captions_file
+from fuse_repro.tracking import open_tracker
 
 log = logging.getLogger(__name__)
 
@@ -47,4 +48,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         log.warning("%s unavailable: %s", name, reason)
     if "sentiment" in metrics:
         log.info("sentiment accuracy = %.4f", metrics["sentiment"]["accuracy"])
+    with open_tracker(cfg, out_dir, "score", {"captions_file": str(captions_path)}) as tracker:
+        tracker.summary({f"metrics/{k}": v for k, v in scores.items() if isinstance(v, (int, float))})
+        if "sentiment" in metrics:
+            tracker.summary({"metrics/sentiment_accuracy": metrics["sentiment"]["accuracy"]})
     return {"objective": scores.get("CIDEr"), "metrics": metrics}
