@@ -10,13 +10,11 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import run_py
+
 
 REDUCED = [
     "logger=none",
@@ -38,10 +36,7 @@ def pipeline_run(model_cache_dir, smol_minilm_adapter, tmp_path_factory):
     is converted and the adapter fitted before the subprocess starts, which reuses both)."""
     logs = tmp_path_factory.mktemp("logs")
     env = {**os.environ, "FUSE_CACHE_DIR": str(model_cache_dir), "FUSE_LOG_DIR": str(logs)}
-    proc = subprocess.run(
-        [sys.executable, "run.py", *REDUCED], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    proc = run_py(REDUCED, env, timeout=1500)
     runs = sorted((logs / "default").iterdir())
     assert len(runs) == 1
     return runs[0], proc.stdout

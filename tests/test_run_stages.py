@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import run_py
+
 
 FIT = [
     "stage=fit",
@@ -53,31 +52,13 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> 
     return {"root": root, "env": env}
 
 
-def run_py(args: list[str], env: dict[str, str], timeout: int = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "run.py", *args],
-        check=False,
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, (
-        f"{proc.args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    )
-    return proc
-
-
 @pytest.mark.slow
 def test_unknown_stage_exits_nonzero_listing_stages(workdir):
     proc = run_py(
         ["stage=bogus", "logger=none", f"hydra.run.dir={workdir['root'] / 'bogus'}"],
         workdir["env"],
         timeout=120,
+        expect_ok=False,
     )
     assert proc.returncode != 0
     assert (
@@ -93,11 +74,9 @@ def fit_runs(workdir) -> dict[str, Any]:
     """Two fit runs of the same adapter: the first fits it (logger=none); the second is
     identical but for the logger (wandb, offline), which is in no cache key, so it must load it."""
     first, second = workdir["root"] / "fit1", workdir["root"] / "fit2"
-    proc1 = ok(run_py([*FIT, "logger=none", f"hydra.run.dir={first}"], workdir["env"]))
-    proc2 = ok(
-        run_py(
-            [*FIT, "logger=wandb", "logger.mode=offline", f"hydra.run.dir={second}"], workdir["env"]
-        )
+    proc1 = run_py([*FIT, "logger=none", f"hydra.run.dir={first}"], workdir["env"])
+    proc2 = run_py(
+        [*FIT, "logger=wandb", "logger.mode=offline", f"hydra.run.dir={second}"], workdir["env"]
     )
     return {"first": first, "second": second, "proc1": proc1, "proc2": proc2}
 
@@ -193,6 +172,7 @@ def test_failing_stage_closes_wandb_run(workdir, fit_runs):
         ],
         workdir["env"],
         timeout=180,
+        expect_ok=False,
     )
     assert proc.returncode != 0
     assert "no item could be captioned" in proc.stderr

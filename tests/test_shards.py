@@ -14,14 +14,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import run_py
+
 EXPERIMENT = "shard_test"
 
 # Four items with alternating wanted sentiments, so the shards' captions differ by item; ids
@@ -97,22 +96,6 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> 
         "logs": root / "logs",
         "dataset": f"dataset.annotations={annotations}",
     }
-
-
-def run_py(args: list[str], env: dict[str, str], timeout: int = 240) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "run.py", *args],
-        check=False,
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, (
-        f"run.py {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    )
-    return proc
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
