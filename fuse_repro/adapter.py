@@ -72,10 +72,6 @@ class FittedAdapter:
     from_cache: bool = False
     path: Path | None = None
 
-    @property
-    def max_tokens(self) -> int:
-        return int(self.meta.get("max_tokens", 0))
-
 
 def cache_fields(source: Any, target: Any, cfg: AdapterConfig) -> dict[str, Any]:
     """Exactly what determines the maps (and their fit report). Not device, logger or paths;
@@ -426,7 +422,6 @@ class _BridgeFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, src_embeds: torch.Tensor, tgt_values: torch.Tensor, backward: Any) -> torch.Tensor:
         ctx.backward = backward
-        ctx.src_shape = src_embeds.shape
         return tgt_values.clone()
 
     @staticmethod

@@ -27,8 +27,6 @@ from fuse_repro.adapter import Bridge, TargetBatch
 
 log = logging.getLogger(__name__)
 
-SENTIMENTS = ("negative", "neutral", "positive")
-
 
 class ObjectiveError(ValueError):
     """An objective that cannot be built or evaluated for this input."""

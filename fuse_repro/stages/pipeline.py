@@ -147,7 +147,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             records = caption_items(items, captioner, method_cfg, int(cfg.seed), method_dir, tracker, desc=method)
             if not records:
                 raise RuntimeError(f"{method}: no item could be captioned (see {method_dir / 'errors.jsonl'})")
-            scored_items = [it for it in items if it.id in {r["id"] for r in records}]
+            captioned = {r["id"] for r in records}
+            scored_items = [it for it in items if it.id in captioned]
             metrics = score_captions_file(
                 method_dir / "captions.jsonl",
                 scored_items,
