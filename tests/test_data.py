@@ -26,11 +26,8 @@ from fuse_repro.data import (
     select_subset,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared = pytest.mark.skipif(
-    not SHARED.is_dir(), reason=f"public evaluation files not found at {SHARED}"
-)
+from tests.helpers import REPO, SHARED, needs_shared
+
 
 
 def _dataset_cfg(name: str, data_dir: Path, **overrides: object):

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import run_py
+from tests.helpers import fresh_cache_sharing_models, run_py
 
 
 FIT = [
@@ -30,11 +30,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> 
     """A fresh adapter cache (converted tokenizers shared with the session's model cache) and an
     environment keeping every file, wandb's included, under the test's folder."""
     root = tmp_path_factory.mktemp("run_stages")
-    cache = root / "cache"
-    cache.mkdir()
-    for sub in ("tokenizers", "models"):
-        (model_cache_dir / sub).mkdir(parents=True, exist_ok=True)
-        (cache / sub).symlink_to(model_cache_dir / sub, target_is_directory=True)
+    cache = fresh_cache_sharing_models(root, model_cache_dir)
     wandb_home = root / "wandb_home"
     env = dict(
         os.environ,

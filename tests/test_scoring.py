@@ -28,11 +28,8 @@ from fuse_repro.scoring import (
     strip_caption_prefix,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared = pytest.mark.skipif(
-    not SHARED.is_dir(), reason=f"public evaluation files not found at {SHARED}"
-)
+from tests.helpers import REPO, SHARED, needs_shared
+
 FAST = ("Bleu", "ROUGE_L", "CIDEr")  # the metrics without METEOR's ~15 s Java start-up
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import run_py
+from tests.helpers import fresh_cache_sharing_models, run_py
 
 EXPERIMENT = "shard_test"
 
@@ -74,11 +74,7 @@ SHARDS = ["dataset.subset.mode=shard", "dataset.subset.count=2", "dataset.subset
 def workdir(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> dict[str, Any]:
     """Folders and environment shared by this module's runs."""
     root = tmp_path_factory.mktemp("shards")
-    cache = root / "cache"
-    cache.mkdir()
-    for sub in ("tokenizers", "models"):  # converted weights/tokenizers: safe to share
-        (model_cache_dir / sub).mkdir(parents=True, exist_ok=True)
-        (cache / sub).symlink_to(model_cache_dir / sub, target_is_directory=True)
+    cache = fresh_cache_sharing_models(root, model_cache_dir)
     annotations = root / "targets.json"
     annotations.write_text(json.dumps(TARGETS, indent=1), encoding="utf-8")
     env = dict(
