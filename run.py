@@ -1,25 +1,25 @@
-"""fuse-repro entry point: `python run.py [stage=...] [overrides]`. See README.md."""
+"""fuse-repro entry point: `python run.py [stage=...] [overrides]`. See README.md.
+
+User errors print one line (`error: ...`) and exit 2; `debug=true` or HYDRA_FULL_ERROR=1 shows
+the traceback. A multirun exits non-zero when any job failed, naming them.
+"""
+
+import sys
+from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
-import fuse_repro.config  # noqa: F401  (registers the ${fuse_root:} resolver before composing)
-from fuse_repro.app import run_stage
+import fuse_repro.config  # noqa: F401  (registers resolvers and schemas before composing)
+from fuse_repro import app
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+# An absolute path, so run.main also composes when run.py is imported (tests call it in-process).
+@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "conf"),
+            config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
-        # One failed job must not stop the sweep (or its sweep_summary.csv); the failure is
-        # logged in that job's run.log and the summary shows it without metrics.
-        try:
-            return run_stage(cfg)
-        except Exception:  # noqa: BLE001
-            return None
-    return run_stage(cfg)
+    return app.run_task(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(app.main(main))

@@ -18,7 +18,7 @@ What it measures
        (decoded from the primary ids, tokenized from scratch, framed with [CLS]/[SEP] and
        right-padded to ``--naive-pad`` tokens, 77 by default as the authors' code pads CLIP;
        ``--naive-pad 0`` means no padding), no batching. The best ``beam_width`` distinct texts
-       are kept with the same rule as ``search_step`` (lowest total, ties in pair order).
+       are kept by the library's own ``select_beams`` (lowest total, ties in pair order).
     3. Check: the chosen (parent, token) lists of both steps must be identical. Totals may
        differ by float noise (~1e-5); a different choice counts as a tie only when the totals
        at the same rank are within ``--tie-tol`` of each other (reported as such).
@@ -34,7 +34,7 @@ below ``--target-speedup`` or the chosen tokens differ (beyond float ties).
 
 Run
     .venv/bin/python benchmarks/caption_step.py [--cache-dir /tmp/fusecache] [--top-k 512]
-        [--beam-width 5] [--words-per-bucket 4096] [--heldout-words 256] [--eval-chunk 256]
+        [--beam-width 5] [--logit-weight 1.0] [--words-per-bucket 4096] [--heldout-words 256] [--eval-chunk 256]
         [--repeats 3] [--naive-sample 256] [--check-top-k 64] [--naive-pad 77]
 """
 
@@ -51,18 +51,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fuse_repro.adapter import TargetBatch  # noqa: E402
+from fuse_repro.bridge import TargetBatch  # noqa: E402
 from fuse_repro.config import AdapterConfig, SearchConfig  # noqa: E402
 from fuse_repro.search import (  # noqa: E402
     SearchState,
+    evaluate_pairs,
     lm_context,
     propose,
     search_step,
+    select_beams,
     start_search,
 )
 from fuse_repro.stages.caption import Captioner, build_captioner  # noqa: E402
@@ -88,20 +90,11 @@ def fresh_state(cap: Captioner, item: Item, cfg: SearchConfig, seed: int) -> Sea
 
 def timed_fast_step(state: SearchState) -> tuple[float, list[tuple[int, int]]]:
     """Time search_step on ``state``; return seconds and the chosen (parent, token) pairs
-    (recorded from the LMState.advance call at the end of the step, on this instance only)."""
-    chosen: list[tuple[int, int]] = []
-    advance = state.lm.advance
-
-    def recording_advance(parents: list[int], tokens: list[int]) -> None:
-        chosen.extend(zip(parents, tokens))
-        advance(parents, tokens)
-
-    state.lm.advance = recording_advance  # type: ignore[method-assign]
+    (the ``StepChoice`` that search_step returns)."""
     start = time.perf_counter()
-    search_step(state)
+    choice = search_step(state)
     seconds = time.perf_counter() - start
-    state.lm.advance = advance  # type: ignore[method-assign]
-    return seconds, chosen
+    return seconds, list(zip(choice.parents, choice.tokens))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -153,38 +146,25 @@ def naive_evaluate(
     return totals, time.perf_counter() - start
 
 
-def select(
-    state: SearchState, pairs: list[tuple[int, int]], totals: list[float]
-) -> list[int]:
-    """search_step's rule: lowest total first, ties in pair order, distinct texts, beam_width."""
+def select(state: SearchState, pairs: list[tuple[int, int]], totals: list[float]) -> list[int]:
+    """search_step's rule, the library's own ``select_beams``: lowest total first, ties in pair
+    order, distinct texts, beam_width."""
     tok = state.primary.tokenizer
-    ranking = torch.sort(torch.tensor(totals), stable=True).indices.tolist()
-    chosen, seen = [], set()
-    for k in ranking:
+
+    def text_of(k: int) -> str:
         b, c = pairs[k]
-        text = tok.decode(state.prefix_ids + state.beams[b] + [c])
-        if text in seen:
-            continue
-        seen.add(text)
-        chosen.append(k)
-        if len(chosen) == state.cfg.beam_width:
-            break
-    return chosen
+        return tok.decode(state.prefix_ids + state.beams[b] + [c])
+
+    return select_beams(torch.tensor(totals), state.cfg.beam_width, text_of)
 
 
 @torch.no_grad()
-def library_totals(
-    state: SearchState, pairs: list[tuple[int, int]], logprobs: torch.Tensor
-) -> list[float]:
-    """The totals search_step computes (KV-cache LM term + chunked bridged secondary), for the
-    float-noise report only (untimed)."""
-    n = len(state.beams[0])
-    sequences = [state.prefix_ids + state.beams[b] + [c] for b, c in pairs]
-    lm = [(float(state.nll_sums[b]) - float(logprobs[b, c])) / (n + 1) for b, c in pairs]
-    total = state.lm_weight * torch.tensor(lm)
-    for obj in state.searching:
-        total = total + obj.weight * obj.evaluate(sequences, state.cfg.eval_chunk)
-    return total.tolist()
+def library_totals(state: SearchState, cand: torch.Tensor, pairs: list[tuple[int, int]]) -> list[float]:
+    """The totals search_step computes (``evaluate_pairs``: KV-cache LM term + chunked bridged
+    secondary), for the float-noise report only (untimed)."""
+    ev = evaluate_pairs(state, cand)
+    assert ev.pairs == pairs, "evaluate_pairs orders pairs as the naive step does"
+    return ev.total.tolist()
 
 
 def compare_choices(
@@ -219,7 +199,7 @@ def run_naive(
     (seeded by ``seed``) and extrapolate the evaluation time; no selection then."""
     state = fresh_state(cap, item, cfg, seed)
     t0 = time.perf_counter()
-    cand, logprobs = propose(state)
+    cand = propose(state)  # (B, k)
     propose_s = time.perf_counter() - t0
     same = fast_cands is None or torch.equal(cand, fast_cands)
     pairs = [(b, int(c)) for b in range(len(state.beams)) for c in cand[b].tolist()]
@@ -234,7 +214,7 @@ def run_naive(
     t1 = time.perf_counter()
     chosen = [pairs[k] for k in select(state, pairs, totals)]
     select_s = time.perf_counter() - t1
-    lib = library_totals(state, pairs, logprobs)
+    lib = library_totals(state, cand, pairs)
     tok = cap.primary.tokenizer
     out.update(
         sampled=0,
@@ -259,7 +239,7 @@ def fast_runs(
     for _ in range(repeats):
         state = fresh_state(cap, item, cfg, seed)
         if cands is None:
-            cands = propose(state)[0]  # untimed: the candidate sets the naive step must match
+            cands = propose(state)  # untimed: the candidate sets the naive step must match
         prefix, beams = state.prefix_ids, [list(b) for b in state.beams]
         seconds, picked = timed_fast_step(state)
         times.append(seconds)
@@ -291,6 +271,8 @@ def main() -> int:
     parser.add_argument("--words-per-bucket", type=int, default=4096)
     parser.add_argument("--heldout-words", type=int, default=256)
     parser.add_argument("--lm-weight", type=float, default=1.0)
+    parser.add_argument("--logit-weight", type=float, default=1.0,
+                        help="w in score = -grad + w * log p_LM (the paper's search: 1.0)")
     parser.add_argument("--sim-weight", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3,
@@ -309,16 +291,14 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model_dir = REPO / "conf" / "model"
-    source_cfg = OmegaConf.load(model_dir / "smollm2_135m.yaml")
-    objective_cfg = OmegaConf.create({
-        "lm_weight": args.lm_weight,
-        "terms": {"text_similarity": {
-            "kind": "text_similarity",
-            "weight": args.sim_weight,
-            "model": OmegaConf.load(model_dir / "minilm_l6.yaml"),
-        }},
-    })
+    # The project's own configs, composed as run.py would (default source and objective).
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        run_cfg = compose("config", overrides=[
+            "model@source=smollm2_135m", "objective=text_similarity", "logger=none",
+            f"objective.lm_weight={args.lm_weight}",
+            f"objective.terms.text_similarity.weight={args.sim_weight}",
+        ])
+    source_cfg, objective_cfg = run_cfg.source, run_cfg.objective
     adapter_cfg = AdapterConfig(
         words_per_bucket=args.words_per_bucket, heldout_words=args.heldout_words, seed=args.seed
     )
@@ -327,7 +307,8 @@ def main() -> int:
     setup_s = time.perf_counter() - t0
     bridge = cap.objectives[0].bridge
     cfg = SearchConfig(method="fuse", prefix=args.prefix, top_k=args.top_k,
-                       beam_width=args.beam_width, eval_chunk=args.eval_chunk)
+                       beam_width=args.beam_width, eval_chunk=args.eval_chunk,
+                       logit_weight=args.logit_weight)
     item = Item(id="bench-0", target=args.target)
 
     fast = fast_runs(cap, item, cfg, args.seed, args.repeats)

@@ -1,23 +1,43 @@
-"""What ``run.py`` does after Hydra composed the config: pick the stage, record the run, call it.
+"""What ``run.py`` does around Hydra: pick the stage, check the config, record the run, call it,
+and turn user errors into one line.
 
 Stages are plain modules with ``run(cfg, out_dir) -> dict`` (STYLE.md: audiocraft's stage dict),
-imported lazily so ``stage=table`` does not pay for torch model imports it never uses.
+imported lazily so ``stage=table`` does not pay for torch model imports it never uses. A stage
+may also define ``check(cfg)``, config-only validation that runs before the config is printed
+and before any model loads, and ``OPTIMIZED_METRIC``, the key of its result a sweeper gets
+(``optimized_metric=<key>`` picks another).
+
+Errors: a ``FuseError`` (anything the user can fix) prints ``error: <message>`` as one line,
+exits 2 and removes the run folder if the run left nothing in it but its configs. Full
+tracebacks with ``debug=true`` or ``HYDRA_FULL_ERROR=1``. Ctrl-C prints the command that
+resumes the run. In a multirun a failed job is recorded in its ``run_info.json`` and the sweep
+goes on; at the end the process exits non-zero naming the failed jobs.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-import random
+import os
+import shlex
+import shutil
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fuse_repro.config import git_commit, run_config_hash, write_json
+from fuse_repro import runtime
+from fuse_repro.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_USER_ERROR,
+    ConfigError,
+    FuseError,
+    one_line,
+)
+from fuse_repro.records import RESUME_MODES, check_writable, write_run_info, write_text
 
 log = logging.getLogger(__name__)
 
@@ -28,33 +48,20 @@ STAGES: dict[str, str] = {
     "score": "fuse_repro.stages.score",
     "table": "fuse_repro.stages.table",
     "merge": "fuse_repro.stages.merge",
+    "fidelity": "fuse_repro.stages.fidelity",
 }
+
+# What a run folder holds before its stage wrote anything: a failed run with only these (in it or
+# in its method folders) is removed.
+BOOKKEEPING = {".hydra", "config_resolved.yaml", "run_info.json", "run.log", "wandb",
+               "captions_config.json"}
 
 
 def resolve_stage(name: Any) -> Any:
     """The stage module for ``name``; a clear error listing the known stages otherwise."""
     if name not in STAGES:
-        raise ValueError(f"unknown stage={name!r}; known stages: {', '.join(sorted(STAGES))}")
+        raise ConfigError(f"unknown stage={name!r}; known stages: {', '.join(sorted(STAGES))}")
     return importlib.import_module(STAGES[name])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available; anything else must be a device torch knows."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"device={name!r} is not a torch device (try cpu, cuda, auto)") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available here; use device=cpu or auto")
-    return device
 
 
 def print_config_tree(cfg: DictConfig) -> str:
@@ -78,30 +85,213 @@ def output_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
 
+def check_config(cfg: DictConfig, module: Any) -> None:
+    """Config-only validation, before anything is printed, written or loaded."""
+    runtime.check_device(cfg.get("device"))
+    runtime.check_threads(cfg.get("threads"))
+    seed = cfg.get("seed")
+    if seed is None or isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed={seed!r} must be an integer (0 is a valid seed)")
+    resume = cfg.get("resume", "check")
+    if resume not in RESUME_MODES:
+        raise ConfigError(f"resume={resume!r} is not one of {list(RESUME_MODES)}")
+    check = getattr(module, "check", None)
+    if check is not None:
+        check(cfg)
+
+
+def optimized_value(cfg: DictConfig, module: Any, result: Any) -> float | None:
+    """The number a sweeper optimizes: ``result[optimized_metric or module.OPTIMIZED_METRIC]``."""
+    key = cfg.get("optimized_metric") or getattr(module, "OPTIMIZED_METRIC", None)
+    if key is None or not isinstance(result, dict):
+        return None
+    value = result.get(key)
+    if value is None and isinstance(result.get("metrics"), dict):
+        value = result["metrics"].get(key)
+    if value is None:
+        if cfg.get("optimized_metric"):
+            numeric = sorted(k for k, v in result.items() if isinstance(v, (int, float)))
+            raise ConfigError(f"optimized_metric={key!r} is not a result of stage={cfg.stage}; "
+                              f"it returns {numeric}")
+        return None
+    return float(value)
+
+
 def run_stage(cfg: DictConfig, out_dir: Path | None = None) -> float | None:
-    """Run ``cfg.stage``; returns the stage's ``objective`` value (for sweepers) when it has one."""
+    """Run ``cfg.stage``; returns the value named by its ``OPTIMIZED_METRIC`` (for sweepers)."""
+    from fuse_repro.config import git_commit, run_config_hash
+
     module = resolve_stage(cfg.get("stage"))
+    check_config(cfg, module)
     out_dir = Path(out_dir) if out_dir is not None else output_dir_of(cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir)
     tree = print_config_tree(cfg)
-    (out_dir / "config_resolved.yaml").write_text(tree, encoding="utf-8")
-    if cfg.get("seed") is None:
-        raise ValueError("seed must be set (an integer; 0 is a valid seed)")
-    seed_everything(int(cfg.seed))
-    info = {
+    write_text(out_dir / "config_resolved.yaml", tree)
+    threads = runtime.setup(cfg)["threads"]
+    write_run_info(out_dir, {
         "stage": cfg.stage,
         "experiment": cfg.get("experiment_name", "default"),
         "config_hash": run_config_hash(cfg),
         "git_commit": git_commit(),
-    }
-    write_json(out_dir / "run_info.json", info)
+        "status": "running",
+    })
+    log.info("torch threads: %d", threads)
     start = time.perf_counter()
     try:
         result = module.run(cfg, out_dir) or {}
-    except Exception:
-        # Into run.log too (Hydra's file handler), not only the terminal.
-        log.exception("stage %s failed; outputs so far are in %s", cfg.stage, out_dir)
+    except BaseException as err:
+        status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+        write_run_info(out_dir, {"status": status, "error": one_line(err)})
         raise
-    log.info("stage %s finished in %.1f s; outputs in %s", cfg.stage, time.perf_counter() - start, out_dir)
-    objective = result.get("objective") if isinstance(result, dict) else None
-    return float(objective) if objective is not None else None
+    write_run_info(out_dir, {"status": "finished"})
+    log.info("stage %s finished in %.1f s", cfg.stage, time.perf_counter() - start)
+    value = optimized_value(cfg, module, result)
+    print(f"run folder: {out_dir}", flush=True)
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# the entry point's error handling
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _full_errors(cfg: DictConfig | None = None, argv: list[str] | None = None) -> bool:
+    """Full tracebacks: ``debug=true`` (config or command line) or ``HYDRA_FULL_ERROR=1``."""
+    if os.environ.get("FUSE_USER_FULL_ERROR", os.environ.get("HYDRA_FULL_ERROR")) == "1":
+        return True
+    if cfg is not None and cfg.get("debug") is True:
+        return True
+    args = sys.argv[1:] if argv is None else argv
+    return any(a.lstrip("+").lower() in ("debug=true", "debug=1", "debug=yes") for a in args)
+
+
+def _file_log(message: str, exc_info: bool) -> None:
+    """Into run.log only (Hydra's file handler), so the terminal keeps one line."""
+    root = logging.getLogger()
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, (),
+                            sys.exc_info() if exc_info else None)
+    for handler in root.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def remove_if_empty(out_dir: Path) -> bool:
+    """Remove a run folder holding only its configs and logs (a run that failed before writing
+    anything); a folder with any result in it, e.g. a resumed one, is kept."""
+    def empty(folder: Path) -> bool:
+        return all(p.name in BOOKKEEPING or (p.is_dir() and empty(p)) for p in folder.iterdir())
+
+    if not out_dir.is_dir() or not empty(out_dir):
+        return False
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return True
+
+
+def resume_command(out_dir: Path, argv: list[str] | None = None) -> str:
+    """The command that continues this run in the same folder."""
+    args = [a for a in (sys.argv[1:] if argv is None else argv)
+            if not a.startswith(("hydra.run.dir=", "-m", "--multirun"))]
+    return shlex.join(["python", "run.py", *args, f"hydra.run.dir={out_dir}"])
+
+
+def run_task(cfg: DictConfig) -> float | None:
+    """The Hydra task function of ``run.py``: ``run_stage`` with one-line user errors."""
+    multirun = _in_multirun()
+    out_dir = output_dir_of(cfg)
+    try:
+        return run_stage(cfg)
+    except KeyboardInterrupt:
+        if multirun:
+            raise
+        print(f"\ninterrupted; finished items are kept. Resume with: {resume_command(out_dir)}",
+              file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except FuseError as err:
+        if _full_errors(cfg):
+            raise
+        _file_log(f"stage {cfg.get('stage')} failed: {one_line(err)}", exc_info=True)
+        if multirun:
+            write_run_info(out_dir, {"status": "failed", "error": one_line(err)})
+            print(f"error: job {out_dir.name}: {one_line(err)}", file=sys.stderr, flush=True)
+            return None
+        print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
+        remove_if_empty(out_dir)
+        raise SystemExit(EXIT_USER_ERROR) from None
+    except Exception as err:
+        err._fuse_in_task = True  # type: ignore[attr-defined]  # a bug: keep its traceback
+        _file_log(f"stage {cfg.get('stage')} failed; outputs so far are in {out_dir}", True)
+        if multirun and not _full_errors(cfg):
+            # One failed job must not stop the sweep; its traceback is in its run.log.
+            write_run_info(out_dir, {"status": "failed", "error": one_line(err)})
+            print(f"error: job {out_dir.name} failed ({type(err).__name__}: {one_line(err)}); "
+                  f"traceback in {out_dir / 'run.log'}", file=sys.stderr, flush=True)
+            return None
+        raise
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return (FuseError, HydraException, OmegaConfBaseException)
+
+
+def main(hydra_entry: Callable[[], Any], argv: list[str] | None = None) -> int:
+    """Run ``hydra_entry`` (run.py's ``@hydra.main`` function) and return the exit status.
+
+    Hydra is asked to re-raise (``HYDRA_FULL_ERROR=1`` for the call) so that composition errors
+    (an unknown group option, a misspelled key) are one line here too; with ``debug=true`` or a
+    user-set ``HYDRA_FULL_ERROR=1`` they keep their traceback.
+    """
+    from fuse_repro import sweep
+
+    full = _full_errors(argv=argv)
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["FUSE_USER_FULL_ERROR"] = "1" if full else "0"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    sweep.FAILED_JOBS.clear()
+    try:
+        hydra_entry()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _user_error_types() as err:
+        if full:
+            raise
+        if isinstance(err, FuseError):
+            line = one_line(err)
+        else:  # Hydra / OmegaConf while composing: an unknown option or key, a bad override
+            from fuse_repro.config import compose_error_line
+
+            line = one_line(ValueError(compose_error_line(err)))
+        print(f"error: {line}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as err:
+        # Before the task ran: Hydra could not create the run folder or save its configs.
+        if full or getattr(err, "_fuse_in_task", False):
+            raise
+        where = err.filename or "the run folder"
+        print(f"error: cannot write {where}: {err.strerror or err}; choose a writable folder "
+              "(hydra.run.dir=<folder>, or FUSE_LOG_DIR=<folder>)", file=sys.stderr)
+        return EXIT_USER_ERROR
+    finally:
+        os.environ.pop("FUSE_USER_FULL_ERROR", None)
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
+    if sweep.FAILED_JOBS:
+        listed = "; ".join(sweep.FAILED_JOBS[:10])
+        more = f"; and {len(sweep.FAILED_JOBS) - 10} more" if len(sweep.FAILED_JOBS) > 10 else ""
+        print(f"error: {len(sweep.FAILED_JOBS)} sweep job(s) failed: {listed}{more}",
+              file=sys.stderr)
+        return 1
+    return 0

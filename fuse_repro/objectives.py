@@ -15,20 +15,22 @@ candidate's own loss on its own rows of ``E_i``.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from fuse_repro.adapter import Bridge, TargetBatch
+from fuse_repro.bridge import Bridge, TargetBatch
+from fuse_repro.errors import FuseError
 
 log = logging.getLogger(__name__)
 
 
-class ObjectiveError(ValueError):
+class ObjectiveError(FuseError, ValueError):
     """An objective that cannot be built or evaluated for this input."""
 
 
@@ -36,6 +38,12 @@ class SecondaryObjective(ABC):
     """A loss computed by a secondary model on the bridged candidate text."""
 
     name: str
+    # Declared metrics (keys of METRIC_LABELS), read by the tables instead of the term's name:
+    # "cosine" means the loss is 1 - cos and is shown as a similarity column (mean cos = 1 - mean
+    # loss); "cross_entropy" means the loss is a classifier's cross entropy.
+    metrics: ClassVar[tuple[str, ...]] = ()
+    # What prepare() needs of an item: "target" (a target text), "image", or None (nothing).
+    needs: ClassVar[str | None] = None
 
     def __init__(self, name: str, model: Any, bridge: Bridge, weight: float) -> None:
         self.name, self.model, self.bridge, self.weight = name, model, bridge, float(weight)
@@ -65,6 +73,9 @@ class SecondaryObjective(ABC):
 class TextSimilarity(SecondaryObjective):
     """``1 - cos(encoder(candidate), encoder(target text))`` with mean pooling (sentence-
     transformers' recipe for all-MiniLM-L6-v2). Our offline stand-in for CLIP image similarity."""
+
+    metrics = ("cosine",)
+    needs = "target"
 
     def __init__(self, model: Any, bridge: Bridge, weight: float, normalize: bool = True) -> None:
         super().__init__("text_similarity", model, bridge, weight)
@@ -103,6 +114,9 @@ class ClipImageSimilarity(SecondaryObjective):
     """``1 - cos(CLIP text features, CLIP image features)``; the text tower pools at each
     sequence's own end-of-text token (``forward_embeds`` of the clip model)."""
 
+    metrics = ("cosine",)
+    needs = "image"
+
     def __init__(self, model: Any, bridge: Bridge, weight: float) -> None:
         super().__init__("clip", model, bridge, weight)
         self.image_features: torch.Tensor | None = None  # (e,)
@@ -115,6 +129,9 @@ class ClipImageSimilarity(SecondaryObjective):
     def prepare(self, item: Any) -> None:
         from PIL import Image, UnidentifiedImageError
 
+        if getattr(item, "image", None) is not None:  # in memory (dataset=synthetic_images)
+            self.image_features = self.image_embedding(item.image.convert("RGB"))
+            return
         path = getattr(item, "image_path", None)
         if not path:
             raise ObjectiveError(f"item {getattr(item, 'id', '?')!r} has no image for the clip objective")
@@ -134,6 +151,8 @@ class ClipImageSimilarity(SecondaryObjective):
 class Sentiment(SecondaryObjective):
     """Cross entropy of a sequence classifier towards the wanted sentiment; the label index is
     read from the model config's ``id2label`` (never assumed)."""
+
+    metrics = ("cross_entropy",)
 
     def __init__(self, model: Any, bridge: Bridge, weight: float, sentiment: str | None = None) -> None:
         super().__init__("sentiment", model, bridge, weight)
@@ -168,10 +187,31 @@ OBJECTIVES: dict[str, type[SecondaryObjective]] = {
     "sentiment": Sentiment,
 }
 
+# Column labels of the declared metrics (SecondaryObjective.metrics).
+METRIC_LABELS: dict[str, str] = {
+    "cosine": "similarity (cos)",
+    "cross_entropy": "cross entropy",
+}
 
-def build_objective(kind: str, model: Any, bridge: Bridge, weight: float, **kwargs: Any) -> SecondaryObjective:
+
+def objective_options(kind: str) -> tuple[str, ...]:
+    """The keys an objective term of ``kind`` may set besides kind, weight and model: its
+    constructor's own keyword arguments."""
     if kind not in OBJECTIVES:
         raise ObjectiveError(f"unknown objective kind {kind!r}; known: {sorted(OBJECTIVES)}")
+    params = inspect.signature(OBJECTIVES[kind].__init__).parameters
+    return tuple(p for p in params if p not in ("self", "model", "bridge", "weight"))
+
+
+def build_objective(kind: str, model: Any, bridge: Bridge, weight: float, **kwargs: Any) -> SecondaryObjective:
+    """An objective of ``kind``; a key its constructor does not take is one clear error."""
+    options = objective_options(kind)
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        raise ObjectiveError(
+            f"objective {kind!r} has no option {unknown[0]!r} (its options: {list(options) or 'none'}); "
+            "remove the key from the objective's term config"
+        )
     return OBJECTIVES[kind](model, bridge, weight, **kwargs)
 
 

@@ -1,4 +1,4 @@
-"""Multirun bookkeeping: one summary CSV per sweep, and merging sharded caption files.
+"""Multirun bookkeeping: one summary CSV per sweep, and the list of jobs that failed.
 
 ``SweepSummaryCallback`` is registered in ``conf/hydra/default.yaml``; at the end of a
 ``--multirun`` it walks the sweep folder and writes ``sweep_summary.csv`` with one row per
@@ -7,30 +7,31 @@ labels and every metric, nested keys flattened with dots. It reads only files, s
 the same for the basic launcher and for submitit jobs that ran on other machines, and
 ``write_sweep_summary`` can be rerun by hand on an old sweep folder.
 
-``merge_shards`` joins the ``captions.jsonl`` of dataset shards (``dataset.subset.mode=shard``)
-into one file ordered by id, so a sharded run scores exactly like an unsharded one.
+At the end of a multirun the callback also fills ``FAILED_JOBS`` from the jobs' ``run_info.json``
+(``status`` failed, interrupted, or still running); ``run.py`` then exits non-zero naming them.
+Merging shard captions lives in ``records.merge_captions`` (``stage=merge``).
 """
 
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from fuse_repro.data import id_sort_key
-from fuse_repro.tables import natural_key
+from fuse_repro.records import RUN_INFO_NAME, natural_key, write_text
 
 log = logging.getLogger(__name__)
 
 SUMMARY_NAME = "sweep_summary.csv"
+# "<job> (<overrides>): <error>" for every job of the last multirun that did not finish.
+FAILED_JOBS: list[str] = []
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -82,17 +83,23 @@ def summary_rows(sweep_dir: str | Path) -> list[dict[str, str]]:
         for item in overrides:
             key, sep, value = item.partition("=")
             base[f"override.{key}"] = value if sep else ""
-        info_path = job / "run_info.json"
+        info_path = job / RUN_INFO_NAME
+        failure = None
         if info_path.is_file():
             info = json.loads(info_path.read_text(encoding="utf-8"))
             base.update(flatten(info, "run_info"))
+            failure = job_failure(info)
         others = [j for j in jobs if j != job and job in j.parents]  # nested jobs are their own
         metric_files = sorted(
             (p for p in job.rglob("metrics.json")
              if ".hydra" not in p.parts and not any(o in p.parents for o in others)),
             key=lambda p: natural_key(p.relative_to(job).as_posix()))
+        if failure is not None:
+            rows.append({k: _cell(v) for k, v in {**base, "status": failure}.items()})
+            continue
         if not metric_files:
-            rows.append({k: _cell(v) for k, v in {**base, "status": "no metrics.json"}.items()})
+            status = "finished, no metrics.json" if info_path.is_file() else "no metrics.json"
+            rows.append({k: _cell(v) for k, v in {**base, "status": status}.items()})
             continue
         for path in metric_files:
             row = dict(base)
@@ -124,8 +131,33 @@ def write_sweep_summary(sweep_dir: str | Path, out: str | Path | None = None) ->
     writer.writeheader()
     writer.writerows(rows)
     path = Path(out) if out is not None else root / SUMMARY_NAME
-    _write_atomic(path, buf.getvalue())
+    write_text(path, buf.getvalue())
     return path
+
+
+def job_failure(info: Mapping[str, Any]) -> str | None:
+    """Why a job did not finish, from its run_info.json (None when it finished)."""
+    status = info.get("status")
+    if status in (None, "finished"):
+        return None
+    if status == "running":
+        return "failed: it stopped without recording an end (killed?)"
+    return f"{status}: {info.get('error', '')}".rstrip(": ")
+
+
+def failed_jobs(sweep_dir: str | Path) -> list[str]:
+    """``"<job> (<overrides>): <why>"`` for every job of the sweep that did not finish."""
+    root = Path(sweep_dir)
+    out = []
+    for job in _job_dirs(root):
+        info_path = job / RUN_INFO_NAME
+        if not info_path.is_file():
+            continue
+        why = job_failure(json.loads(info_path.read_text(encoding="utf-8")))
+        if why is not None:
+            why = why.removeprefix("failed: ")
+            out.append(f"{job.relative_to(root).as_posix()} ({' '.join(_overrides(job))}): {why}")
+    return out
 
 
 class SweepSummaryCallback(Callback):
@@ -139,78 +171,6 @@ class SweepSummaryCallback(Callback):
         if not sweep_dir.is_dir():
             log.warning("sweep summary skipped: sweep folder %s not found", sweep_dir)
             return
+        FAILED_JOBS[:] = failed_jobs(sweep_dir)
         path = write_sweep_summary(sweep_dir, sweep_dir / self.filename)
         log.info("sweep summary written to %s", path)
-
-
-# --------------------------------------------------------------------------------------------
-# shards
-
-
-def _expand(paths: Iterable[str | Path]) -> list[Path]:
-    """Files, folders (their captions.jsonl) and glob patterns, in the order given."""
-    out: list[Path] = []
-    for entry in paths:
-        text = str(entry)
-        matches = sorted(glob.glob(text), key=natural_key) if glob.has_magic(text) else [text]
-        if not matches:
-            raise FileNotFoundError(f"no shard files match {text!r}")
-        found = []
-        for m in matches:
-            p = Path(m)
-            if p.is_dir():
-                p = p / "captions.jsonl"
-            elif glob.has_magic(text) and p.suffix != ".jsonl":
-                continue  # a sweep folder's multirun.yaml, sweep_summary.csv, logs ...
-            if glob.has_magic(text) and not p.is_file():
-                continue  # a folder of the sweep that is not a caption job
-            if not p.is_file():
-                raise FileNotFoundError(f"shard captions file {str(p)!r} not found")
-            found.append(p)
-        if not found:
-            raise FileNotFoundError(f"no shard captions.jsonl among the matches of {text!r}")
-        out.extend(found)
-    return out
-
-
-def merge_shards(paths: Sequence[str | Path], out: str | Path) -> list[dict[str, Any]]:
-    """Join shard ``captions.jsonl`` files into ``out``; returns the merged rows.
-
-    Rows are keyed by (id, method). A key seen twice with the same caption is kept once (the
-    first copy: timings may differ between reruns); with different captions it is an error,
-    since there is no right one to keep. Output is sorted by id (numeric ids numerically), then
-    method, with sorted JSON keys, so merged shards equal one unsharded run line for line.
-    """
-    from fuse_repro.scoring import read_captions_rows
-
-    files = _expand(paths)
-    if not files:
-        raise ValueError("merge_shards needs at least one shard file")
-    merged: dict[tuple[str, str], dict[str, Any]] = {}
-    origin: dict[tuple[str, str], Path] = {}
-    for path in files:
-        for row in read_captions_rows(path):
-            row = dict(row)
-            row["id"] = str(row["id"])
-            key = (row["id"], "" if row.get("method") is None else str(row["method"]))
-            if key in merged:
-                if merged[key]["caption"] != row["caption"]:
-                    raise ValueError(
-                        f"conflicting captions for id {key[0]!r}"
-                        f"{f' (method {key[1]!r})' if key[1] else ''}: "
-                        f"{merged[key]['caption']!r} in {origin[key]} vs {row['caption']!r} "
-                        f"in {path}")
-                continue
-            merged[key] = row
-            origin[key] = path
-    ordered = [merged[k] for k in sorted(merged, key=lambda k: (id_sort_key(k[0]), k[1]))]
-    text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in ordered)
-    _write_atomic(Path(out), text)
-    return ordered
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

@@ -1,36 +1,59 @@
-"""Regenerate the paper's Tables 1 and 2 from saved ``metrics.json`` files.
+"""Regenerate the paper's Tables 1 and 2, and our offline COCO text-target table, from saved
+``metrics.json`` files.
 
 Tables are built from files only (never from a dashboard), so anyone holding the output
 folders can rebuild them. Every ``metrics.json`` under the given roots is one run; its labels
 come from, in order:
 
 1. ``run_info.json`` beside the metrics file or in a parent run folder
-   (``{experiment, config_hash, method?, dataset?}``; ``run.py`` writes it);
+   (``{experiment, config_hash, method?, dataset?, source?, label?}``; ``run.py`` writes it);
 2. the run folder's ``.hydra/config.yaml`` (``experiment_name``, ``dataset.name``,
    ``search.method``; the hash is recomputed from it);
-3. ``metrics.json`` itself (``dataset.name``, ``method``).
+3. ``metrics.json`` itself (``dataset.name``, ``method``, ``label``).
 
-Our rows are keyed by (experiment, method); a row takes each dataset's columns from the run of
-that dataset. When several runs fill the same cell, the one whose folder path sorts last wins
-(run folders are named by time, so that is the newest) and the others are listed in the notes.
-Values are shown x100 (pycocoevalcap's 0-1 scores, sentiment accuracy as a percentage).
+Rows: the paper's figures; external systems (a published results file scored with
+``stage=score scoring.label=<system>``), one row per label, marked "external"; ours, keyed by
+(experiment, method). A row takes each dataset's columns from the run of that dataset. When
+several runs fill the same cell, the one whose folder path sorts last wins (run folders are named
+by time, so that is the newest) and the others are listed in the notes. ``runs.md`` lists every
+run found and, for each one no table shows, why. Values are shown x100 (pycocoevalcap's 0-1
+scores, sentiment accuracy as a percentage).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fuse_repro.errors import ConfigError
+from fuse_repro.records import RUN_INFO_NAME, natural_key, read_run_info, write_text
+from fuse_repro.table_render import (
+    MISSING,
+    Column,
+    Row,
+    format_value,
+    render_csv,
+    render_latex,
+    render_markdown,
+)
+
 log = logging.getLogger(__name__)
 
-MISSING = "–"  # shown for cells without a value (LaTeX gets "--", which typesets as "–")
+__all__ = [
+    "MISSING",
+    "PAPER_TABLE1",
+    "PAPER_TABLE2",
+    "TABLES",
+    "Column",
+    "Row",
+    "build_tables",
+    "collect_runs",
+    "format_value",
+]
 
 # Paper figures, Williams & Kolter, "FUSE" (arXiv 2408.04816), Table 1 (zero-shot rows:
 # MS-COCO Karpathy test B-4, METEOR, CIDEr, SPICE; NoCaps-val overall CIDEr, SPICE) and
@@ -52,18 +75,6 @@ PAPER_TABLE2: tuple[dict[str, Any], ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Column:
-    """One table column: which dataset role and which value of its metrics.json it shows."""
-
-    key: str
-    group: str  # header of the column group (dataset)
-    header: str  # metric header
-    role: str  # dataset role: coco, nocaps, senticap_positive, senticap_negative
-    path: tuple[str, ...]  # where the 0-1 value sits in metrics.json
-    decimals: int = 2
-
-
 TABLE1_COLUMNS = (
     Column("coco_B4", "MS-COCO", "B-4", "coco", ("metrics", "Bleu_4")),
     Column("coco_M", "MS-COCO", "M", "coco", ("metrics", "METEOR")),
@@ -80,17 +91,30 @@ TABLE2_COLUMNS = (
     Column("neg_M", "Negative", "M", "senticap_negative", ("metrics", "METEOR")),
     Column("neg_Acc", "Negative", "Acc", "senticap_negative", ("sentiment", "accuracy"), 1),
 )
+# Our offline stand-in for Table 1 (README: experiment=coco_text_targets): COCO Karpathy test
+# images, one human caption as the MiniLM text target, the other captions as references.
+COCO_TEXT_COLUMNS = (
+    Column("ct_B1", "COCO text targets", "B-1", "coco_text", ("metrics", "Bleu_1")),
+    Column("ct_B4", "COCO text targets", "B-4", "coco_text", ("metrics", "Bleu_4")),
+    Column("ct_M", "COCO text targets", "M", "coco_text", ("metrics", "METEOR")),
+    Column("ct_R", "COCO text targets", "R-L", "coco_text", ("metrics", "ROUGE_L")),
+    Column("ct_C", "COCO text targets", "C", "coco_text", ("metrics", "CIDEr")),
+)
 TABLES = {
     "table1": ("Table 1: zero-shot captioning, MS-COCO Karpathy test and NoCaps-val",
                TABLE1_COLUMNS, PAPER_TABLE1),
     "table2": ("Table 2: zero-shot captioning with sentiment, SentiCap test",
                TABLE2_COLUMNS, PAPER_TABLE2),
+    "table_coco_text": ("Offline stand-in for Table 1: COCO Karpathy test with one human caption "
+                        "as the text target, the others as references (no paper figures)",
+                        COCO_TEXT_COLUMNS, ()),
 }
 DEFAULT_DATASETS: dict[str, list[str]] = {
     "coco": ["coco_karpathy"],
     "nocaps": ["nocaps_val"],
     "senticap_positive": ["senticap_positive"],
     "senticap_negative": ["senticap_negative"],
+    "coco_text": ["coco_text_targets"],
 }
 FORMATS = ("md", "tex", "csv")
 
@@ -106,18 +130,13 @@ class RunRecord:
     method: str | None
     dataset: str | None
     metrics: dict[str, Any] = field(repr=False)
+    source: str = "ours"  # or "external": a published system's results, scored by us
+    label: str | None = None  # the external system's name
+    problem: str | None = None  # why this metrics.json cannot be used at all
 
 
 # --------------------------------------------------------------------------------------------
 # collecting runs
-
-
-def read_run_info(path: str | Path) -> dict[str, Any]:
-    """``run_info.json``: ``{experiment, config_hash, method?, dataset?}`` (extra keys kept)."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: run_info.json must be a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _find_upwards(start: Path, root: Path, relative: str) -> Path | None:
@@ -164,39 +183,49 @@ def _first(*values: Any) -> Any:
 
 
 def collect_runs(roots: Sequence[str | Path]) -> list[RunRecord]:
-    """Every ``metrics.json`` under ``roots`` (recursively), labelled; sorted by path."""
+    """Every ``metrics.json`` under ``roots`` (recursively), labelled; sorted by path. A file
+    that cannot be read is kept with its ``problem`` (the run listing shows it)."""
     records: list[RunRecord] = []
     for root_like in roots:
         root = Path(root_like)
         if not root.exists():
-            raise FileNotFoundError(f"table root {str(root)!r} does not exist")
+            raise ConfigError(f"table root {str(root)!r} does not exist; set table.roots to run "
+                              "or multirun folders")
         for metrics_path in sorted(root.rglob("metrics.json")):
             if ".hydra" in metrics_path.parts:
                 continue
+            run_dir = metrics_path.parent
+            rel = run_dir.relative_to(root).as_posix()
+            relpath = root.name if rel == "." else f"{root.name}/{rel}"
+            problem = None
             try:
                 metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{metrics_path}: not valid JSON ({exc})") from exc
-            if not isinstance(metrics, dict):
-                raise ValueError(f"{metrics_path}: expected a JSON object")
-            run_dir = metrics_path.parent
-            info_path = _find_upwards(run_dir, root, "run_info.json")
+                if not isinstance(metrics, dict):
+                    problem, metrics = "metrics.json is not a JSON object", {}
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                problem, metrics = f"metrics.json is not valid JSON ({exc})", {}
+            info_path = _find_upwards(run_dir, root, RUN_INFO_NAME)
             info = read_run_info(info_path) if info_path is not None else {}
             cfg_path = _find_upwards(run_dir, root, ".hydra/config.yaml")
             hydra = _hydra_labels(cfg_path) if cfg_path is not None else {}
             ds = metrics.get("dataset")
             ds_name = ds.get("name") if isinstance(ds, dict) else None
-            rel = run_dir.relative_to(root).as_posix()
+            label = _first(metrics.get("label"), info.get("label"))
+            external = "external" in (metrics.get("source"), info.get("source"))
             records.append(RunRecord(
                 metrics_dir=run_dir,
-                relpath=root.name if rel == "." else f"{root.name}/{rel}",
+                relpath=relpath,
                 experiment=str(_first(info.get("experiment"), hydra.get("experiment"),
                                       "unknown")),
                 config_hash=str(_first(info.get("config_hash"), hydra.get("config_hash"),
                                        "unknown")),
-                method=_first(info.get("method"), metrics.get("method"), hydra.get("method")),
+                method=_first(label if external else None, info.get("method"),
+                              metrics.get("method"), hydra.get("method")),
                 dataset=_first(info.get("dataset"), ds_name, hydra.get("dataset")),
                 metrics=metrics,
+                source="external" if external else "ours",
+                label=str(label) if external and label else None,
+                problem=problem,
             ))
     return records
 
@@ -216,79 +245,56 @@ def _lookup(metrics: Mapping[str, Any], path: Sequence[str]) -> float | None:
     return float(node)
 
 
-def natural_key(text: str) -> list[Any]:
-    """Sort key treating digit runs as numbers, so job folder 10 sorts after job folder 9."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part)
-            for part in re.split(r"(\d+)", text) if part]
-
-
-def format_value(value: float | None, decimals: int) -> str:
-    """A cell's text: fixed decimals, or the missing mark."""
-    return MISSING if value is None else f"{value:.{decimals}f}"
-
-
-@dataclass
-class Row:
-    """One table row; ``values`` hold the displayed scale (x100)."""
-
-    method: str
-    source: str  # "paper" or "ours"
-    values: dict[str, float | None]
-    experiment: str = ""
-    hashes: dict[str, str] = field(default_factory=dict)  # role -> config hash
-    runs: dict[str, str] = field(default_factory=dict)  # role -> run folder (relative)
-
-    def label(self) -> str:
-        if self.source == "paper":
-            return self.method
-        return f"{self.experiment} [{self.method}]" if self.method else self.experiment
-
-    def hash_label(self, short: bool = True) -> str:
-        values = []
-        for h in self.hashes.values():
-            text = h[:8] if short else h
-            if text not in values:
-                values.append(text)
-        return ", ".join(values)
+def _row_values(row: Row, columns: Sequence[Column], chosen: Mapping[str, RunRecord]) -> Row:
+    for col in columns:
+        rec = chosen.get(col.role)
+        value = _lookup(rec.metrics, col.path) if rec is not None else None
+        row.values[col.key] = None if value is None else 100.0 * value
+    for col in columns:  # hashes and runs in column order, one per role
+        if col.role in chosen and col.role not in row.hashes:
+            row.hashes[col.role] = chosen[col.role].config_hash
+            row.runs[col.role] = chosen[col.role].relpath
+    return row
 
 
 def our_rows(
     records: Sequence[RunRecord], columns: Sequence[Column], datasets: Mapping[str, Sequence[str]],
     experiments: Sequence[str] | None = None, methods: Sequence[str] | None = None,
+    used: dict[str, str] | None = None,
 ) -> tuple[list[Row], list[str]]:
-    """Rows for our runs (one per experiment and method) and notes on superseded runs."""
+    """Rows for our runs (one per experiment and method) and the external systems' results
+    (one per label), with notes on superseded runs. ``used`` collects, per run, the row that
+    shows it (or the run that superseded it)."""
     roles = {c.role for c in columns}
     role_of = {name: role for role, names in datasets.items() for name in names if role in roles}
-    cells: dict[tuple[str, str], dict[str, list[RunRecord]]] = {}
+    cells: dict[tuple[str, str, str], dict[str, list[RunRecord]]] = {}
     for rec in records:
-        if rec.dataset not in role_of:
+        if rec.problem is not None or rec.dataset not in role_of:
             continue
-        if experiments is not None and rec.experiment not in experiments:
+        if rec.source == "ours" and experiments is not None and rec.experiment not in experiments:
             continue
-        if methods is not None and rec.method not in methods:
+        if rec.source == "ours" and methods is not None and rec.method not in methods:
             continue
-        key = (rec.experiment, rec.method or "")
+        key = ((0, rec.label or "", "") if rec.source == "external"
+               else (1, rec.experiment, rec.method or ""))
         cells.setdefault(key, {}).setdefault(role_of[rec.dataset], []).append(rec)
     rows: list[Row] = []
     notes: list[str] = []
-    for (experiment, method), by_role in sorted(cells.items()):
-        row = Row(method=method, source="ours", values={}, experiment=experiment)
+    for (kind, first, method), by_role in sorted(cells.items()):
+        row = (Row(method=first, source="external", values={}) if kind == 0
+               else Row(method=method, source="ours", values={}, experiment=first))
         chosen: dict[str, RunRecord] = {}
         for role, recs in sorted(by_role.items()):
             recs = sorted(recs, key=lambda r: natural_key(r.relpath))
             chosen[role] = recs[-1]
+            if used is not None:
+                used[recs[-1].relpath] = f"row {row.label()!r}"
             for old in recs[:-1]:
                 notes.append(f"{row.label()}: {role} run {old.relpath} superseded by "
                              f"{recs[-1].relpath}")
-        for col in columns:
-            rec = chosen.get(col.role)
-            value = _lookup(rec.metrics, col.path) if rec is not None else None
-            row.values[col.key] = None if value is None else 100.0 * value
-        for col in columns:  # hashes and runs in column order, one per role
-            if col.role in chosen and col.role not in row.hashes:
-                row.hashes[col.role] = chosen[col.role].config_hash
-                row.runs[col.role] = chosen[col.role].relpath
-        rows.append(row)
+                if used is not None:
+                    used.setdefault(old.relpath, f"superseded by {recs[-1].relpath}")
+        rows.append(_row_values(row, columns, chosen))
     return rows, notes
 
 
@@ -298,83 +304,40 @@ def paper_rows(figures: Sequence[Mapping[str, Any]], columns: Sequence[Column]) 
 
 
 # --------------------------------------------------------------------------------------------
-# rendering
+# the run listing
 
 
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|")
+def left_out_reason(rec: RunRecord, datasets: Mapping[str, Sequence[str]],
+                    experiments: Sequence[str] | None, methods: Sequence[str] | None) -> str:
+    """Why no table shows ``rec``."""
+    if rec.problem is not None:
+        return rec.problem
+    if rec.dataset is None:
+        return "no dataset name (neither run_info.json, metrics.json nor .hydra names one)"
+    if not any(rec.dataset in names for names in datasets.values()):
+        return (f"dataset {rec.dataset!r} is in no table (table.datasets maps "
+                f"{sorted(n for names in datasets.values() for n in names)})")
+    if rec.source == "ours" and experiments is not None and rec.experiment not in experiments:
+        return f"experiment {rec.experiment!r} not in table.experiments"
+    if rec.source == "ours" and methods is not None and rec.method not in methods:
+        return f"method {rec.method!r} not in table.methods"
+    return "not placed in any table"
 
 
-def render_markdown(title: str, columns: Sequence[Column], rows: Sequence[Row],
-                    notes: Sequence[str] = ()) -> str:
-    header = ["Method", "Source"] + [f"{c.group} {c.header}" for c in columns]
-    lines = [f"**{title}** (x100; Acc in %)", "",
-             "| " + " | ".join(header) + " |",
-             "|" + "|".join(["---", "---"] + ["---:"] * len(columns)) + "|"]
-    for row in rows:
-        source = "paper" if row.source == "paper" else f"ours ({row.hash_label()})"
-        cells = [_md_escape(row.label()), _md_escape(source)]
-        cells += [format_value(row.values.get(c.key), c.decimals) for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    if notes:
-        lines += [""] + [f"- {n}" for n in notes]
+def render_runs(records: Sequence[RunRecord], shown: Mapping[str, list[str]],
+                reasons: Mapping[str, str]) -> str:
+    """Markdown list of every run found: where it is shown, or why it is left out."""
+    lines = [f"**Runs found: {len(records)}; in a table: {len(shown)}; left out: "
+             f"{len(records) - len(shown)}**", "",
+             "| run | experiment | method | dataset | source | shown in / left out because |",
+             "|---|---|---|---|---|---|"]
+    for rec in records:
+        where = "; ".join(shown[rec.relpath]) if rec.relpath in shown else \
+            "left out: " + reasons[rec.relpath]
+        cells = [rec.relpath, rec.experiment, rec.method or MISSING, rec.dataset or MISSING,
+                 rec.label and f"external ({rec.label})" or rec.source, where]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-                "^": r"\textasciicircum{}"}
-
-
-def _tex_escape(text: str) -> str:
-    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in text)
-
-
-def render_latex(title: str, columns: Sequence[Column], rows: Sequence[Row]) -> str:
-    groups: list[tuple[str, int]] = []
-    for c in columns:
-        if groups and groups[-1][0] == c.group:
-            groups[-1] = (c.group, groups[-1][1] + 1)
-        else:
-            groups.append((c.group, 1))
-    lines = [f"% {title} (x100; Acc in %). Generated by fuse_repro.tables from metrics.json.",
-             r"\begin{tabular}{ll" + "r" * len(columns) + "}", r"\toprule",
-             "Method & Source & " + " & ".join(
-                 rf"\multicolumn{{{n}}}{{c}}{{{_tex_escape(g)}}}" for g, n in groups) + r" \\",
-             " & & " + " & ".join(_tex_escape(c.header) for c in columns) + r" \\",
-             r"\midrule"]
-    previous = None
-    for row in rows:
-        if previous is not None and previous != row.source:
-            lines.append(r"\midrule")
-        previous = row.source
-        source = "paper" if row.source == "paper" else f"ours ({row.hash_label()})"
-        cells = [_tex_escape(row.label()), _tex_escape(source)]
-        cells += [format_value(row.values.get(c.key), c.decimals).replace(MISSING, "--")
-                  for c in columns]
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
-
-
-def render_csv(columns: Sequence[Column], rows: Sequence[Row]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["method", "source", "experiment", "config_hashes", "runs"]
-                    + [c.key for c in columns])
-    for row in rows:
-        writer.writerow([row.label(), row.source, row.experiment,
-                         ";".join(f"{k}={v}" for k, v in row.hashes.items()),
-                         ";".join(f"{k}={v}" for k, v in row.runs.items())]
-                        + [format_value(row.values.get(c.key), c.decimals) for c in columns])
-    return buf.getvalue()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def build_tables(
@@ -383,33 +346,50 @@ def build_tables(
     experiments: Sequence[str] | None = None, methods: Sequence[str] | None = None,
     formats: Sequence[str] = FORMATS,
 ) -> dict[str, Any]:
-    """Write ``table1.{md,tex,csv}`` and ``table2.{md,tex,csv}``; return paths and row counts.
+    """Write ``<table>.{md,tex,csv}`` for every table in ``TABLES`` and ``runs.md``; return
+    the paths, row counts and the run listing.
 
-    ``datasets`` maps a role (coco, nocaps, senticap_positive, senticap_negative) to the
-    dataset names (``dataset.name``) that fill it.
+    ``datasets`` maps a role (coco, nocaps, senticap_positive, senticap_negative, coco_text) to
+    the dataset names (``dataset.name``) that fill it (default ``DEFAULT_DATASETS``).
     """
     bad = sorted(set(formats) - set(FORMATS))
     if bad:
-        raise ValueError(f"unknown table formats {bad}; known: {list(FORMATS)}")
-    datasets = dict(DEFAULT_DATASETS if datasets is None else datasets)
-    unknown_roles = sorted(set(datasets) - set(DEFAULT_DATASETS))
+        raise ConfigError(f"unknown table formats {bad}; known: {list(FORMATS)}")
+    given = dict(datasets or {})
+    unknown_roles = sorted(set(given) - set(DEFAULT_DATASETS))
     if unknown_roles:
-        raise ValueError(f"unknown table.datasets roles {unknown_roles}; "
-                         f"known: {sorted(DEFAULT_DATASETS)}")
-    datasets = {role: [names] if isinstance(names, str) else list(names)
-                for role, names in datasets.items()}
+        raise ConfigError(f"unknown table.datasets roles {unknown_roles}; "
+                          f"known: {sorted(DEFAULT_DATASETS)}")
+    roles = {role: [names] if isinstance(names, str) else list(names)
+             for role, names in (given if datasets is not None else DEFAULT_DATASETS).items()}
     records = collect_runs(roots)
     out = Path(out_dir)
     summary: dict[str, Any] = {"num_runs": len(records), "files": [], "rows": {}}
+    shown: dict[str, list[str]] = {}
+    superseded: dict[str, str] = {}
     for name, (title, columns, figures) in TABLES.items():
-        ours, notes = our_rows(records, columns, datasets, experiments, methods)
+        used: dict[str, str] = {}
+        ours, notes = our_rows(records, columns, roles, experiments, methods, used)
+        for run, where in used.items():
+            if where.startswith("row "):
+                shown.setdefault(run, []).append(f"{name} {where}")
+            else:
+                superseded.setdefault(run, where)
         rows = paper_rows(figures, columns) + ours
         texts = {"md": render_markdown(title, columns, rows, notes),
                  "tex": render_latex(title, columns, rows),
                  "csv": render_csv(columns, rows)}
         for fmt in formats:
             path = out / f"{name}.{fmt}"
-            _write_atomic(path, texts[fmt])
+            write_text(path, texts[fmt])
             summary["files"].append(str(path))
         summary["rows"][name] = len(ours)
+    reasons = {rec.relpath: superseded.get(rec.relpath) or
+               left_out_reason(rec, roles, experiments, methods)
+               for rec in records if rec.relpath not in shown}
+    runs_path = write_text(out / "runs.md", render_runs(records, shown, reasons))
+    summary["files"].append(str(runs_path))
+    summary["num_used"] = len(shown)
+    summary["runs"] = [{"run": r.relpath, "shown_in": shown.get(r.relpath, []),
+                        "left_out": reasons.get(r.relpath)} for r in records]
     return summary

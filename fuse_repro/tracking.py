@@ -57,6 +57,30 @@ class Tracker:
         self.run.log({name: wandb.Table(columns=columns, data=[[cell(v) for v in r] for r in rows])})
 
 
+def run_names(cfg: DictConfig, out_dir: Path, job_type: str) -> tuple[str | None, str]:
+    """(wandb group, run name). In a multirun the group is the sweep (``<experiment>-sweep-
+    <sweep folder>``) and the run name the job's overrides, unless ``logger.group`` was set to
+    something other than its default ``${experiment_name}``; a single run keeps
+    ``logger.group`` and is named ``<experiment>-<job type>-<run folder>``."""
+    logger_cfg = cfg.get("logger") or {}
+    experiment = str(cfg.get("experiment_name", "run"))
+    group = logger_cfg.get("group")
+    name = f"{experiment}-{job_type}-{out_dir.name}"
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    except ImportError:  # pragma: no cover
+        hydra_cfg = None
+    if hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN:
+        if group in (None, experiment):
+            group = f"{experiment}-sweep-{Path(str(hydra_cfg.sweep.dir)).name}"
+        overrides = [str(o) for o in hydra_cfg.overrides.task]
+        name = f"{hydra_cfg.job.num}: {' '.join(overrides)}" if overrides else name
+    return (str(group) if group is not None else None), name
+
+
 @contextlib.contextmanager
 def open_tracker(
     cfg: DictConfig, out_dir: Path, job_type: str, extra_config: dict[str, Any] | None = None
@@ -83,13 +107,14 @@ def open_tracker(
     config["git_commit"] = git_commit()
     config.update(extra_config or {})
     out_dir.mkdir(parents=True, exist_ok=True)
+    group, run_name = run_names(cfg, out_dir, job_type)
     run = wandb.init(
         project=logger_cfg.get("project", "fuse-repro"),
         entity=logger_cfg.get("entity"),
-        group=logger_cfg.get("group"),
+        group=group,
         tags=list(logger_cfg.get("tags") or []),
         job_type=job_type,
-        name=f"{cfg.get('experiment_name', 'run')}-{job_type}-{out_dir.name}",
+        name=run_name,
         mode=mode,
         dir=str(out_dir),
         config=config,

@@ -11,16 +11,17 @@ import os
 from pathlib import Path
 
 import pytest
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from fuse_repro.models import TextModel, load_model
+from fuse_repro.models import load_model, model_config
+from fuse_repro.text_model import TextModel
 
 MODEL_CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
 
 
-def model_cfg(name: str) -> DictConfig:
-    """The shipped ``conf/model/<name>.yaml`` as a config node."""
-    return OmegaConf.load(MODEL_CONF_DIR / f"{name}.yaml")  # type: ignore[return-value]
+def model_cfg(name: str, weights: str = "pretrained", seed: int = 0) -> DictConfig:
+    """The shipped ``conf/model/<name>.yaml`` as a config node, its root wiring resolved."""
+    return model_config(name, weights=weights, seed=seed)
 
 
 @pytest.fixture(scope="session")

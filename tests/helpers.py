@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -45,3 +46,26 @@ def fresh_cache_sharing_models(root: Path, model_cache_dir: Path) -> Path:
         (model_cache_dir / sub).mkdir(parents=True, exist_ok=True)
         (cache / sub).symlink_to(model_cache_dir / sub, target_is_directory=True)
     return cache
+
+
+def read_wandb_run(run: Path) -> list[dict]:
+    """The records of an offline wandb run folder (``<run>/wandb/offline-run-*``), decoded by
+    wandb's own reader of its ``.wandb`` transaction log (``wandb leet inspect --json``, one JSON
+    object per record: ``{"num", "type", <type>: {...}}``)."""
+    files = sorted(run.glob("run-*.wandb"))
+    assert len(files) == 1, sorted(run.iterdir())
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    proc = subprocess.run(
+        [str(wandb_cli), "leet", "inspect", "--json", str(files[0])],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert records and records[0]["type"] == "header", proc.stdout[:500]
+    return records
+
+
+def head_commit() -> str:
+    """``git rev-parse HEAD`` of the checkout (what run_info.json and wandb must record)."""
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                          check=True, timeout=30).stdout.strip()

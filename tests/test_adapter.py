@@ -1,36 +1,22 @@
-"""FUSE fitting, cache and the bridge's backward, on toy models where the truth is known."""
+"""FUSE fitting, its guards and its cache (fuse_repro.adapter, fuse_repro.corpus), on toy models
+where the truth is known. The bridge is tested in test_bridge.py."""
 
 from __future__ import annotations
 
 import dataclasses
-import warnings
+import logging
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from fuse_repro.adapter import (
-    AdapterError,
-    Bridge,
-    fit_adapter,
-    make_buckets,
-)
-from fuse_repro.config import AdapterConfig, CorpusConfig
-from fuse_repro.corpus import CorpusError, load_corpus_words
-from tests.toy import ToyModel, make_toy_pair, naive_tprod
-
-
-def corpus_file(tmp_path: Path, words: list[str]) -> CorpusConfig:
-    path = tmp_path / "corpus.txt"
-    path.write_text(" ".join(words) + "\n", encoding="utf-8")
-    return CorpusConfig(kind="text_file", path=str(path))
-
-
-def toy_cfg(tmp_path: Path, words: list[str], **kw) -> AdapterConfig:
-    base = dict(max_tokens=4, words_per_bucket=100000, heldout_words=0, fit_dtype="float64",
-                corpus=corpus_file(tmp_path, words))
-    base.update(kw)
-    return AdapterConfig(**base)
+import fuse_repro.corpus as corpus_mod
+from fuse_repro.adapter import AdapterError, cache_fields, fit_adapter, make_buckets, word_tensor
+from fuse_repro.config import CorpusConfig, stable_hash
+from fuse_repro.corpus import CorpusError, corpus_identity, load_corpus_words, tokenize_words
+from fuse_repro.testing.toy import ToyModel, make_toy_pair, real_shapes_pair, toy_adapter_config
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +27,14 @@ def toy():
 @pytest.fixture(scope="module")
 def toy_adapter(toy, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("toyfit")
-    return fit_adapter(toy.source, toy.target, toy_cfg(tmp, toy.words), cache_root=tmp / "cache")
+    return fit_adapter(toy.source, toy.target, toy_adapter_config(tmp, toy.words), cache_root=tmp / "cache")
 
 
 # ----------------------------------------------------------------------------------------------
 # fitting recovers the planted maps
 # ----------------------------------------------------------------------------------------------
 def test_fit_recovers_planted_t_linear_maps(toy, toy_adapter):
-    assert toy_adapter.kind == "fuse"
+    assert toy.exact and toy_adapter.kind == "fuse"
     assert sorted(toy_adapter.maps) == [1, 2, 3, 4]
     for l, truth in toy.maps.items():
         fitted = toy_adapter.maps[l].double()
@@ -59,6 +45,45 @@ def test_fit_recovers_planted_t_linear_maps(toy, toy_adapter):
         assert row["words"] > toy.source.dim  # enough words to pin the map down
         assert row["residual_fit"] < 1e-10
         assert row["baseline_fit"] > 0.5  # the mean embedding is a poor predictor
+        assert row["capped"] is True and row["requested_words"] == 100000  # "all of them"
+
+
+def _bcirc_lstsq(x_i: torch.Tensor, x_j: torch.Tensor) -> torch.Tensor:
+    """Independent reference: min ||X_i * M - X_j|| as one dense least-squares problem on the
+    block-circulant matrix (Kilmer & Martin), float64. x_i (w, d_i, D), x_j (w, d_j, D)."""
+    w, d_i, p = x_i.shape
+    bc = torch.zeros(w * p, d_i * p, dtype=torch.float64)
+    for a in range(p):
+        for b in range(p):
+            bc[a * w : (a + 1) * w, b * d_i : (b + 1) * d_i] = x_i[:, :, (a - b) % p]
+    rhs = torch.cat([x_j[:, :, s] for s in range(p)], dim=0)  # (w*D, d_j)
+    sol = torch.linalg.lstsq(bc, rhs, driver="gelsd").solution  # (d_i*D, d_j)
+    return torch.stack([sol[s * d_i : (s + 1) * d_i] for s in range(p)], dim=-1)  # (d_i, d_j, D)
+
+
+def test_fit_with_real_shapes_matches_dense_least_squares(tmp_path):
+    """Source words longer than target words, so maps deeper than the words and mixed depths
+    between buckets: each map is the least-squares solution over the bucket's words, built here
+    with loops from the token ids and solved densely."""
+    real = real_shapes_pair()
+    assert not real.exact
+    adapter = fit_adapter(real.source, real.target, toy_adapter_config(tmp_path, real.words), None)
+    src, tgt = real.source.tokenizer, real.target.tokenizer
+    depths = {l: m.shape[-1] for l, m in adapter.maps.items()}
+    assert depths == {1: 2, 2: 4, 3: 3, 4: 4}  # deeper than l for l < 3, mixed across buckets
+    for l, m in adapter.maps.items():
+        words = [w for w in real.words if len(tgt.word_ids(w)) == l and len(src.word_ids(w)) <= 4]
+        p = depths[l]
+        x_i = torch.zeros(len(words), real.source.dim, p, dtype=torch.float64)
+        x_j = torch.zeros(len(words), real.target.dim, p, dtype=torch.float64)
+        for r, w in enumerate(words):
+            for s, tok in enumerate(src.word_ids(w)):
+                x_i[r, :, s] = real.source.table[tok]
+            for s, tok in enumerate(tgt.word_ids(w)):
+                x_j[r, :, s] = real.target.table[tok]
+        row = next(r for r in adapter.report["buckets"] if r["target_tokens"] == l)
+        assert row["words"] == len(words) and row["depth"] == p
+        torch.testing.assert_close(m.double(), _bcirc_lstsq(x_i, x_j), rtol=1e-4, atol=1e-5)
 
 
 def test_buckets_use_mid_sentence_forms_and_seeded_samples(toy):
@@ -77,195 +102,94 @@ def test_buckets_use_mid_sentence_forms_and_seeded_samples(toy):
         assert toy.source.tokenizer.decode(bucket.fit_src[0]).startswith(" ")
 
 
-# ----------------------------------------------------------------------------------------------
-# the backward is the exact adjoint
-# ----------------------------------------------------------------------------------------------
-def surrogate(pair, adapter, seqs: list[list[str]], e_i: torch.Tensor, tgt_len: int) -> torch.Tensor:
-    """Naive per-word linear model: target rows of each word = (X_i(word) * M_l) slices, placed
-    where the bridge places them (after the target's CLS). Differentiable in ``e_i``."""
-    out = torch.zeros(len(seqs), tgt_len, pair.target.dim, dtype=e_i.dtype)
-    for b, words in enumerate(seqs):
-        s_pos, t_pos = 0, 1  # target starts with CLS
-        for word in words:
-            l_i = len(pair.source.tokenizer.word_ids(word))
-            l_j = len(pair.target.tokenizer.word_ids(word))
-            m = adapter.maps[l_j].double()
-            x = e_i[b, s_pos : s_pos + l_i].T[None]  # (1, d_i, l_i)
-            y = naive_tprod(x, m)  # (1, d_j, D)
-            out[b, t_pos : t_pos + l_j] = y[0, :, :l_j].T
-            s_pos, t_pos = s_pos + l_i, t_pos + l_j
-    return out
-
-
-def sequences(toy, n_seq=3, seed=0) -> list[list[str]]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n_seq):
-        k = int(torch.randint(1, 6, (1,), generator=g))
-        idx = torch.randint(0, len(toy.words), (k,), generator=g).tolist()
-        out.append([toy.words[i] for i in idx])
-    return out
-
-
-def test_forward_is_exact_retokenization(toy, toy_adapter):
-    bridge = Bridge(toy.source, toy.target, toy_adapter)
-    seqs = sequences(toy)
-    src_ids = [toy.source.tokenizer.encode(" ".join(ws)) for ws in seqs]
-    s_max = max(map(len, src_ids))
-    e_i = torch.zeros(len(seqs), s_max, toy.source.dim, dtype=torch.float64)
-    tb = bridge(src_ids, e_i)
-    for b, words in enumerate(seqs):
-        expect = [0] + toy.target.tokenizer.encode(" ".join(words)) + [1]
-        assert tb.ids[b] == expect
-        n = len(expect)
-        torch.testing.assert_close(tb.embeds[b, :n], toy.target.table[expect])
-        assert tb.attention_mask[b].tolist() == [1] * n + [0] * (tb.embeds.shape[1] - n)
-
-
-def test_backward_equals_exact_gradient_of_linear_loss(toy, toy_adapter):
-    bridge = Bridge(toy.source, toy.target, toy_adapter)
-    seqs = sequences(toy, n_seq=4, seed=1)
-    src_ids = [toy.source.tokenizer.encode(" ".join(ws)) for ws in seqs]
-    s_max = max(map(len, src_ids))
-    e_i = torch.zeros(len(seqs), s_max, toy.source.dim, dtype=torch.float64)
-    for b, ids in enumerate(src_ids):
-        e_i[b, : len(ids)] = toy.source.table[ids]
-    e_i.requires_grad_(True)
-    tb = bridge(src_ids, e_i)
-    weights = torch.randn(tb.embeds.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-    (tb.embeds * weights).sum().backward()
-    ours = e_i.grad.clone()
-
-    # Reference: autograd through the naive surrogate, which here equals the true forward
-    e_ref = e_i.detach().clone().requires_grad_(True)
-    sur = surrogate(toy, toy_adapter, seqs, e_ref, tb.embeds.shape[1])
-    # the surrogate reproduces the real target embeddings on content rows (the toy is t-linear)
-    content = torch.zeros(tb.embeds.shape[:2], dtype=torch.bool)
-    for b, ids in enumerate(tb.ids):
-        content[b, 1 : len(ids) - 1] = True  # between CLS and SEP
-    torch.testing.assert_close(sur.detach()[content], tb.embeds.detach()[content], rtol=1e-4, atol=1e-4)
-    (sur * weights).sum().backward()
-    torch.testing.assert_close(ours, e_ref.grad, rtol=1e-5, atol=1e-6)
-    # padding rows of the source get nothing
-    for b, ids in enumerate(src_ids):
-        assert torch.count_nonzero(ours[b, len(ids):]) == 0
-
-
-def test_backward_is_adjoint_dot_product_test(toy, toy_adapter):
-    """<S(x), g> = <x, S^T(g)> for the per-word linear model S, random x and g."""
-    bridge = Bridge(toy.source, toy.target, toy_adapter)
-    seqs = sequences(toy, n_seq=3, seed=7)
-    src_ids = [toy.source.tokenizer.encode(" ".join(ws)) for ws in seqs]
-    s_max = max(map(len, src_ids))
-    gen = torch.Generator().manual_seed(11)
-    x = torch.randn(len(seqs), s_max, toy.source.dim, dtype=torch.float64, generator=gen)
-    for b, ids in enumerate(src_ids):
-        x[b, len(ids):] = 0
-    e_i = torch.zeros_like(x, requires_grad=True)
-    tb = bridge(src_ids, e_i)
-    g = torch.randn(tb.embeds.shape, dtype=torch.float64, generator=gen)
-    (tb.embeds * g).sum().backward()
-    lhs = (surrogate(toy, toy_adapter, seqs, x, tb.embeds.shape[1]) * g).sum()
-    rhs = (x * e_i.grad).sum()
-    torch.testing.assert_close(lhs, rhs, rtol=1e-5, atol=1e-6)
-
-
-def test_special_tokens_send_no_gradient(toy, toy_adapter):
-    bridge = Bridge(toy.source, toy.target, toy_adapter)
-    src_ids = [toy.source.tokenizer.encode(toy.words[0] + " " + toy.words[1])]
-    e_i = torch.zeros(1, len(src_ids[0]), toy.source.dim, dtype=torch.float64, requires_grad=True)
-    tb = bridge(src_ids, e_i)
-    g = torch.zeros_like(tb.embeds)
-    g[0, 0] = 1.0  # CLS
-    g[0, len(tb.ids[0]) - 1] = 1.0  # SEP
-    (tb.embeds * g).sum().backward()
-    assert torch.count_nonzero(e_i.grad) == 0
-
-
-def test_overflow_policies(toy, toy_adapter, tmp_path):
-    # a word of 10 chars has 5 target tokens > L = 4: past the cap
-    # words of 9-10 letters have 5 target tokens > L = 4: past the cap
-    extended = make_toy_pair(n_words=1200, seed=0, max_len=10)
-    adapter = fit_adapter(extended.source, extended.target, toy_cfg(tmp_path, extended.words), None)
-    over = next(w for w in extended.words if len(extended.target.tokenizer.word_ids(w)) == 5)
-    short = next(w for w in extended.words if len(extended.target.tokenizer.word_ids(w)) == 1)
-    text = f"{short} {over}"
-    ids = [extended.source.tokenizer.encode(text)]
-    l_short = len(extended.source.tokenizer.word_ids(short))
-
-    def grad(policy: str, seq_ids=ids, seed=0):
-        bridge = Bridge(extended.source, extended.target, adapter, overflow=policy, seed=seed)
-        e = torch.zeros(len(seq_ids), max(map(len, seq_ids)), extended.source.dim,
-                        dtype=torch.float64, requires_grad=True)
-        tb = bridge(seq_ids, e)
-        (tb.embeds * torch.ones_like(tb.embeds)).sum().backward()
-        return e.grad
-
-    zero = grad("zero")
-    assert torch.count_nonzero(zero[0, l_short:]) == 0  # the long word gets nothing
-    assert torch.count_nonzero(zero[0, :l_short]) > 0  # the short word still does
-    rand1, rand2 = grad("random"), grad("random")
-    assert torch.count_nonzero(rand1[0, l_short:]) > 0
-    torch.testing.assert_close(rand1, rand2)  # seeded: same word, same Jacobian
-    assert not torch.allclose(rand1, grad("random", seed=1))  # a different seed differs
-    # independent of batch composition: the same sequence next to another one
-    other = [extended.source.tokenizer.encode(short)]
-    batched = grad("random", seq_ids=other + ids)
-    torch.testing.assert_close(batched[1, : len(ids[0])], rand1[0])
-    with pytest.raises(AdapterError, match="overflow"):
-        Bridge(extended.source, extended.target, adapter, overflow="bogus")
+def test_word_tensor_layout_and_device():
+    table = torch.arange(12, dtype=torch.float32).reshape(6, 2)  # token t -> [2t, 2t+1]
+    x = word_tensor(table, [[1], [2, 3, 4]], depth=3, dtype=torch.float64)
+    assert x.shape == (2, 2, 3) and x.dtype == torch.float64
+    expect = torch.tensor([[[2, 0, 0], [3, 0, 0]], [[4, 6, 8], [5, 7, 9]]], dtype=torch.float64)
+    assert torch.equal(x, expect)
+    assert x[..., 1].is_contiguous() is False and x.permute(0, 2, 1).is_contiguous()  # (w, D, d)
+    meta = word_tensor(table.to("meta"), [[1], [2, 3]], depth=4, dtype=torch.float32)
+    assert meta.device.type == "meta" and meta.shape == (2, 2, 4)
+    on = word_tensor(table, [[1]], depth=1, dtype=torch.float32, device="meta")
+    assert on.device.type == "meta"
 
 
 # ----------------------------------------------------------------------------------------------
-# shared tokenizer (section 3.2) and identity
+# guards
 # ----------------------------------------------------------------------------------------------
-def test_shared_tokenizer_sanity_case_gives_grad_times_a_transpose(toy, tmp_path):
-    gen = torch.Generator().manual_seed(3)
-    a = torch.randn(toy.source.dim, 4, dtype=torch.float64, generator=gen)
-    target = ToyModel("toy-linear", toy.source.tokenizer, toy.source.table @ a)
-    adapter = fit_adapter(toy.source, target, toy_cfg(tmp_path, toy.words), None)
-    assert adapter.kind == "token"
-    torch.testing.assert_close(adapter.maps[1].double(), a, rtol=1e-5, atol=1e-5)
-    bridge = Bridge(toy.source, target, adapter)
-    # one-token words (chunk >= 2, words of 1-2 letters are one token)
-    singles = [w for w in toy.words if len(toy.source.tokenizer.word_ids(w)) == 1][:5]
-    ids = [toy.source.tokenizer.encode(" ".join(singles))]
-    e = toy.source.table[ids[0]][None].clone().requires_grad_(True)
-    tb = bridge(ids, e)
-    assert tb.ids[0][: len(ids[0])] == ids[0]  # no retokenization, no specials for the toy source
-    g = torch.randn(tb.embeds.shape, dtype=torch.float64, generator=gen)
-    (tb.embeds * g).sum().backward()
-    expect = g[0, : len(ids[0])] @ adapter.maps[1].double().T
-    torch.testing.assert_close(e.grad[0], expect)
-    torch.testing.assert_close(e.grad[0], g[0, : len(ids[0])] @ a.T, rtol=1e-4, atol=1e-4)
+def test_too_few_words_in_a_bucket_is_refused(toy, tmp_path):
+    two_letter = [w for w in toy.words if len(w) == 2][:5]  # 5 words of 1 target token
+    cfg = toy_adapter_config(tmp_path, two_letter + [w for w in toy.words if 3 <= len(w) <= 4])
+    with pytest.raises(AdapterError, match=r"1 target tokens has only 5 fitting words.*min_bucket_words=10"):
+        fit_adapter(toy.source, toy.target, cfg, None)
+    adapter = fit_adapter(toy.source, toy.target, dataclasses.replace(cfg, min_bucket_words=0), None)
+    assert adapter.report["buckets"][0]["words"] == 5
+    with pytest.raises(ValueError, match="min_bucket_words"):
+        dataclasses.replace(cfg, min_bucket_words=-1)
 
 
-def test_same_model_is_identity(toy, tmp_path):
-    adapter = fit_adapter(toy.source, toy.source, toy_cfg(tmp_path, toy.words), tmp_path / "c")
-    assert adapter.kind == "identity" and adapter.maps == {}
-    bridge = Bridge(toy.source, toy.source, adapter)
-    ids = [toy.source.tokenizer.encode(toy.words[0])]
-    e = toy.source.table[ids[0]][None].clone().requires_grad_(True)
-    tb = bridge(ids, e)
-    tb.embeds.sum().backward()
-    assert torch.equal(e.grad, torch.ones_like(e))
+def test_capped_bucket_is_flagged_in_report_and_log(toy, tmp_path, caplog):
+    cfg = toy_adapter_config(tmp_path, toy.words, words_per_bucket=250, heldout_words=20)
+    with caplog.at_level(logging.WARNING, logger="fuse_repro.adapter"):
+        adapter = fit_adapter(toy.source, toy.target, cfg, None)
+    rows = {r["target_tokens"]: r for r in adapter.report["buckets"]}
+    capped = [l for l, r in rows.items() if r["capped"]]
+    assert capped and all(rows[l]["words"] < 250 for l in capped)
+    assert all(rows[l]["words"] == 250 for l in rows if l not in capped)
+    for l in capped:
+        assert f"adapter bucket l={l} is capped: {rows[l]['words']} fitting words of the requested N=250" in caplog.text
+    from fuse_repro.adapter import format_report
+
+    assert "capped: N=250 requested" in format_report(adapter.report)
+
+
+def test_corpus_without_some_length_is_documented_behaviour(toy, tmp_path, caplog):
+    # only words of 1-4 letters: target lengths 1 and 2, none of 3 or 4
+    short = [w for w in toy.words if len(w) <= 4]
+    with caplog.at_level(logging.WARNING, logger="fuse_repro.adapter"):
+        adapter = fit_adapter(toy.source, toy.target, toy_adapter_config(tmp_path, short), None)
+    assert sorted(adapter.maps) == [1, 2]
+    rows = {r["target_tokens"]: r for r in adapter.report["buckets"]}
+    assert rows[3]["words"] == 0 and rows[3]["residual_fit"] is None and rows[3]["capped"] is False
+    assert "no corpus word has exactly 3 target tokens" in caplog.text
+
+
+def test_corpus_with_no_usable_word_is_an_error(tmp_path):
+    pair = make_toy_pair(n_words=600, seed=2, max_len=10)
+    long_only = [w for w in pair.words if len(w) > 8]  # 5 target tokens each
+    assert long_only
+    with pytest.raises(AdapterError, match="nothing to fit"):
+        fit_adapter(pair.source, pair.target, toy_adapter_config(tmp_path, long_only), None)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("max_tokens", 0, "max_tokens"),
+    ("words_per_bucket", 0, "words_per_bucket"),
+    ("overflow", "sometimes", "overflow"),
+    ("fit_dtype", "float16", "fit_dtype"),
+])
+def test_bad_adapter_config(toy, tmp_path, field, value, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(toy_adapter_config(tmp_path, toy.words), **{field: value})
 
 
 # ----------------------------------------------------------------------------------------------
 # cache
 # ----------------------------------------------------------------------------------------------
-def test_cache_hit_key_fields_and_corruption(toy, tmp_path):
-    cfg = toy_cfg(tmp_path, toy.words[:400], words_per_bucket=60, heldout_words=5)
+def test_cache_hit_key_fields_and_corruption(toy, tmp_path, caplog):
+    cfg = toy_adapter_config(tmp_path, toy.words[:400], words_per_bucket=60, heldout_words=5)
     cache = tmp_path / "cache"
     first = fit_adapter(toy.source, toy.target, cfg, cache)
     assert not first.from_cache and (first.path / "meta.json").exists()
     second = fit_adapter(toy.source, toy.target, cfg, cache)
     assert second.from_cache and second.key == first.key
+    assert second.report == first.report and sorted(second.maps) == sorted(first.maps)
     for l in first.maps:
         assert torch.equal(first.maps[l], second.maps[l])
     # every determining field changes the key
     changes = dict(max_tokens=3, words_per_bucket=61, heldout_words=6, seed=1, rcond=1e-9,
-                   fit_dtype="float32",
+                   fit_dtype="float32", min_bucket_words=11,
                    corpus=dataclasses.replace(cfg.corpus, max_words=300))
     keys = {first.key}
     for name, value in changes.items():
@@ -277,41 +201,118 @@ def test_cache_hit_key_fields_and_corruption(toy, tmp_path):
     # other models change it
     other_target = ToyModel("toy-target", toy.target.tokenizer, toy.target.table * 2)
     assert fit_adapter(toy.source, other_target, cfg, None).key != first.key
-    # a truncated cache file is refitted with a warning, not a crash
+    # a truncated cache file is refitted with a warning in the log (run.log), not a crash
     maps_file = first.path / "maps.safetensors"
     maps_file.write_bytes(maps_file.read_bytes()[:50])
-    with pytest.warns(UserWarning, match="refitting"):
+    with caplog.at_level(logging.WARNING, logger="fuse_repro.adapter"):
         third = fit_adapter(toy.source, toy.target, cfg, cache)
+    assert "unreadable or mismatched" in caplog.text and "refitting" in caplog.text
     assert not third.from_cache
     for l in first.maps:
         assert torch.equal(first.maps[l], third.maps[l])
     assert fit_adapter(toy.source, toy.target, cfg, cache).from_cache  # repaired
 
 
-def test_held_out_report_and_baseline(toy, tmp_path):
-    cfg = toy_cfg(tmp_path, toy.words, words_per_bucket=80, heldout_words=40)
-    adapter = fit_adapter(toy.source, toy.target, cfg, None)
-    for row in adapter.report["buckets"]:
-        assert row["words"] == 80
-        assert row["heldout_words"] > 0
-        assert row["residual_heldout"] < 1e-8 < row["baseline_heldout"]
+@pytest.mark.parametrize("copied", ["maps.safetensors", "report.json"])
+def test_file_copied_from_another_cache_entry_is_refitted(toy, tmp_path, caplog, copied):
+    cache = tmp_path / "cache"
+    cfg_a = toy_adapter_config(tmp_path, toy.words[:400], words_per_bucket=60, heldout_words=5)
+    cfg_b = dataclasses.replace(cfg_a, seed=7)  # same lengths and depths, different words
+    a = fit_adapter(toy.source, toy.target, cfg_a, cache)
+    b = fit_adapter(toy.source, toy.target, cfg_b, cache)
+    assert a.key != b.key and sorted(a.maps) == sorted(b.maps)
+    shutil.copy(b.path / copied, a.path / copied)  # a valid file, from the wrong entry
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fuse_repro.adapter"):
+        again = fit_adapter(toy.source, toy.target, cfg_a, cache)
+    assert not again.from_cache and "mismatched" in caplog.text and b.key in caplog.text
+    for l in a.maps:
+        assert torch.equal(again.maps[l], a.maps[l])
+
+
+def test_every_corpus_field_and_the_corpus_content_change_the_key(toy, tmp_path):
+    """Bug C1: a key that keeps only part of the corpus config, or not its content."""
+    words = toy.words[:300]
+    base_cfg = toy_adapter_config(tmp_path, [], corpus=CorpusConfig(kind="wordfreq"))
+    ident = {"words_sha256": "a" * 64, "words": 300, "package": "wordfreq", "package_version": "3.1.1"}
+
+    def key(cfg=base_cfg, corpus=ident):
+        return stable_hash(cache_fields(toy.source, toy.target, cfg, corpus))
+
+    keys = {key()}
+    variants = {"kind": "text_file", "lang": "de", "path": "/some/words.txt", "name": "wikitext-2-raw-v1",
+                "max_words": 1000}
+    assert set(variants) == {f.name for f in dataclasses.fields(CorpusConfig)}  # every field varied
+    for name, value in variants.items():
+        cfg = dataclasses.replace(base_cfg, corpus=dataclasses.replace(base_cfg.corpus, **{name: value}))
+        assert key(cfg) not in keys, name
+        keys.add(key(cfg))
+    for name, value in {"words_sha256": "b" * 64, "words": 301, "package_version": "3.2.0"}.items():
+        assert key(corpus={**ident, name: value}) not in keys, name
+        keys.add(key(corpus={**ident, name: value}))
+    # the identity itself reads the words and the installed package
+    cfg = CorpusConfig(kind="wordfreq")
+    assert corpus_identity(cfg, words) == corpus_identity(cfg, list(words))
+    assert corpus_identity(cfg, words)["words_sha256"] != corpus_identity(cfg, words[::-1])["words_sha256"]
+    assert corpus_identity(cfg, words)["package_version"] == corpus_mod.package_version("wordfreq")
+
+
+def test_changed_corpus_content_or_package_version_refits(toy, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cfg = toy_adapter_config(tmp_path, toy.words[:400], words_per_bucket=60, heldout_words=5)
+    first = fit_adapter(toy.source, toy.target, cfg, cache)
+    assert fit_adapter(toy.source, toy.target, cfg, cache).from_cache
+    # same file name, other words: the key follows the content
+    Path(cfg.corpus.path).write_text(" ".join(toy.words[:399]) + "\n", encoding="utf-8")
+    changed = fit_adapter(toy.source, toy.target, cfg, cache)
+    assert not changed.from_cache and changed.key != first.key
+    # a new version of the package that supplies the corpus refits too
+    Path(cfg.corpus.path).write_text(" ".join(toy.words[:400]) + "\n", encoding="utf-8")
+    assert fit_adapter(toy.source, toy.target, cfg, cache).key == first.key
+    monkeypatch.setitem(corpus_mod.CORPUS_PACKAGES, "text_file", "wordfreq")
+    monkeypatch.setattr(corpus_mod, "package_version", lambda name: "99.0")
+    upgraded = fit_adapter(toy.source, toy.target, cfg, cache)
+    assert not upgraded.from_cache and upgraded.key != first.key
+
+
+def test_cache_load_puts_maps_on_the_requested_device(toy, tmp_path):
+    cfg = toy_adapter_config(tmp_path, toy.words[:400], words_per_bucket=60, heldout_words=5)
+    fit_adapter(toy.source, toy.target, cfg, tmp_path / "cache")
+    loaded = fit_adapter(toy.source, toy.target, cfg, tmp_path / "cache", device="meta")
+    assert loaded.from_cache and all(m.device.type == "meta" for m in loaded.maps.values())
 
 
 # ----------------------------------------------------------------------------------------------
-# bad input
+# tokenized-corpus cache
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("field,value,match", [
-    ("max_tokens", 0, "max_tokens"),
-    ("words_per_bucket", 0, "words_per_bucket"),
-    ("overflow", "sometimes", "overflow"),
-    ("fit_dtype", "float16", "fit_dtype"),
-])
-def test_bad_adapter_config(toy, tmp_path, field, value, match):
-    cfg = dataclasses.replace(toy_cfg(tmp_path, toy.words), **{field: value})
-    with pytest.raises(ValueError, match=match):
-        fit_adapter(toy.source, toy.target, cfg, None)
+def test_tokenized_corpus_is_cached_per_tokenizer(toy, tmp_path, caplog):
+    words = toy.words[:300]
+    tok = toy.source.tokenizer
+    fresh = tokenize_words(words, tok, None)
+    assert fresh == tok.mid_sentence_ids(words)
+    stored = tokenize_words(words, tok, tmp_path)
+    entries = list((tmp_path / "tokenized").iterdir())
+    assert stored == fresh and len(entries) == 1
+    with caplog.at_level(logging.INFO, logger="fuse_repro.corpus"):
+        again = tokenize_words(words, tok, tmp_path)
+    assert again == fresh and "cache hit" in caplog.text
+    # another tokenizer or other words are other entries
+    tokenize_words(words, toy.target.tokenizer, tmp_path)
+    tokenize_words(words[:-1], tok, tmp_path)
+    assert len(list((tmp_path / "tokenized").iterdir())) == 3
+    # a damaged entry is tokenized again and rewritten
+    ids_file = entries[0] / "ids.npz"
+    np.savez(ids_file, lengths=np.array([1], dtype=np.int32), flat=np.array([5]))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fuse_repro.corpus"):
+        assert tokenize_words(words, tok, tmp_path) == fresh
+    assert "unreadable" in caplog.text
+    assert tokenize_words(words, tok, tmp_path) == fresh
 
 
+# ----------------------------------------------------------------------------------------------
+# corpora
+# ----------------------------------------------------------------------------------------------
 def test_empty_and_missing_corpus(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n\n", encoding="utf-8")
@@ -321,38 +322,3 @@ def test_empty_and_missing_corpus(tmp_path):
         load_corpus_words(CorpusConfig(kind="text_file", path=str(tmp_path / "nope.txt")))
     with pytest.raises(CorpusError, match="needs adapter.corpus.path"):
         load_corpus_words(CorpusConfig(kind="text_file"))
-
-
-def test_corpus_without_some_length_is_documented_behaviour(toy, tmp_path):
-    # only words of 1-4 letters: target lengths 1 and 2, none of 3 or 4
-    short = [w for w in toy.words if len(w) <= 4]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        adapter = fit_adapter(toy.source, toy.target, toy_cfg(tmp_path, short), None)
-    assert sorted(adapter.maps) == [1, 2]
-    rows = {r["target_tokens"]: r for r in adapter.report["buckets"]}
-    assert rows[3]["words"] == 0 and rows[3]["residual_fit"] is None
-    # words of missing lengths follow the overflow policy instead of crashing
-    long_word = next(w for w in toy.words if len(toy.target.tokenizer.word_ids(w)) == 4)
-    bridge = Bridge(toy.source, toy.target, adapter, overflow="zero")
-    ids = [toy.source.tokenizer.encode(long_word)]
-    e = torch.zeros(1, len(ids[0]), toy.source.dim, dtype=torch.float64, requires_grad=True)
-    bridge(ids, e).embeds.sum().backward()
-    assert torch.count_nonzero(e.grad) == 0
-
-
-def test_corpus_with_no_usable_word_is_an_error(tmp_path):
-    pair = make_toy_pair(n_words=600, seed=2, max_len=10)
-    long_only = [w for w in pair.words if len(w) > 8]  # 5 target tokens each
-    assert long_only
-    with pytest.raises(AdapterError, match="nothing to fit"):
-        fit_adapter(pair.source, pair.target, toy_cfg(tmp_path, long_only), None)
-
-
-def test_bridge_rejects_bad_shapes(toy, toy_adapter):
-    bridge = Bridge(toy.source, toy.target, toy_adapter)
-    ids = [toy.source.tokenizer.encode(toy.words[0])]
-    with pytest.raises(AdapterError, match="src_embeds"):
-        bridge(ids, torch.zeros(2, 5, toy.source.dim))
-    with pytest.raises(AdapterError, match="longer"):
-        bridge(ids, torch.zeros(1, 0, toy.source.dim))

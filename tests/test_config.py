@@ -1,5 +1,6 @@
-"""Compose the real configs in conf/ (every option of every group, every experiment file) and
-check each against its schema; the stage table, the run hash and the device check.
+"""The config path (fuse_repro/config/, conf/): compose every option of every group and every
+experiment and convert it to its schema; unknown keys fail naming the key and the group, at
+compose time and at the conversion point; defaults live in one place; the run hash.
 
 Options are discovered by globbing conf/, so a new model, dataset or experiment file is covered
 without touching this file.
@@ -8,29 +9,41 @@ without touching this file.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
+import math
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
-from fuse_repro.app import STAGES, resolve_device, resolve_stage
+from fuse_repro.app import STAGES, resolve_stage
 from fuse_repro.config import (
+    MODEL_SCHEMAS,
     AdapterConfig,
+    ConfigError,
+    CorpusConfig,
+    DatasetConfig,
+    FuseConfig,
     LoggerConfig,
+    MergeConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    PipelineConfig,
+    ScoringConfig,
     SearchConfig,
+    SubsetConfig,
+    TableConfig,
+    TermConfig,
+    compose_error_line,
+    convert,
     run_config_hash,
-    typed,
-    validate_adapter,
-    validate_search,
 )
-from fuse_repro.data import _KNOWN_KEYS, _SUBSET_KEYS, FORMATS, SUBSET_MODES
-from fuse_repro.models import BACKENDS, KINDS
-from fuse_repro.objectives import OBJECTIVES
-from fuse_repro.scoring import ScoringOptions
+from fuse_repro.config.store import _schema_at
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -41,14 +54,42 @@ OUTPUT_DIR_PLACEHOLDER = "/nonexistent/hydra-runtime-output-dir"
 
 
 @functools.cache
-def _compose(overrides: tuple[str, ...], hydra_node: bool) -> DictConfig:
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF), job_name="test_config"):
+def _compose(overrides: tuple[str, ...], hydra_node: bool, conf: str) -> DictConfig:
+    with initialize_config_dir(version_base="1.3", config_dir=conf, job_name="test_config"):
         return compose("config", overrides=list(overrides), return_hydra_config=hydra_node)
 
 
-def compose_cfg(overrides: list[str] | None = None, hydra_node: bool = False) -> DictConfig:
+def compose_cfg(
+    overrides: list[str] | None = None, hydra_node: bool = False, conf: Path = CONF
+) -> DictConfig:
     """The composed config (a fresh copy: composing is the slow part of this file)."""
-    return copy.deepcopy(_compose(tuple(overrides or ()), hydra_node))
+    return copy.deepcopy(_compose(tuple(overrides or ()), hydra_node, str(conf)))
+
+
+def with_values(**values: Any) -> DictConfig:
+    """The default config with ``values`` set (``"search.top_k": 7`` as ``**{...}``), as a
+    command-line override would set them on the composed config (without composing again)."""
+    cfg = compose_cfg()
+    for key, value in values.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    return cfg
+
+
+def with_extra_key(path: str) -> DictConfig:
+    """The default config with ``<path>.bogus_key: 1`` added as ``+<path>.bogus_key=1`` adds it
+    (past the struct flag)."""
+    cfg = compose_cfg()
+    with open_dict(cfg):
+        OmegaConf.update(cfg, f"{path}.bogus_key", 1, force_add=True)
+    return cfg
+
+
+def to_schema(cfg: DictConfig) -> FuseConfig:
+    """The whole config as its root dataclass (every group's __post_init__ runs), with the one
+    value that needs a Hydra runtime (paths.output_dir) replaced."""
+    cfg = copy.deepcopy(cfg)
+    cfg.paths.output_dir = OUTPUT_DIR_PLACEHOLDER
+    return convert(cfg, FuseConfig)
 
 
 def root_default_packages() -> dict[str, list[str]]:
@@ -92,60 +133,30 @@ def option_overrides() -> list[Any]:
     return cases
 
 
-def check_resolves(cfg: DictConfig) -> dict[str, Any]:
-    """Resolve every interpolation but the hydra node and paths.output_dir (both need a Hydra
-    runtime); returns the plain config."""
-    raw = OmegaConf.to_container(cfg, resolve=False)
-    assert isinstance(raw, dict)
-    raw.pop("hydra", None)
-    assert raw["paths"]["output_dir"] == "${hydra:runtime.output_dir}"
-    raw["paths"]["output_dir"] = OUTPUT_DIR_PLACEHOLDER
-    plain = OmegaConf.to_container(OmegaConf.create(raw), resolve=True, throw_on_missing=False)
-    assert isinstance(plain, dict)
-    return plain
-
-
-def check_model(node: DictConfig, where: str) -> None:
-    assert node.get("name"), f"{where}: model config without a name"
-    assert node.get("backend") in BACKENDS, f"{where}: backend {node.get('backend')!r}"
-    assert node.get("kind") in KINDS, f"{where}: kind {node.get('kind')!r}"
-
-
-def check_schemas(cfg: DictConfig) -> None:
-    """Everything a stage validates at start-up, without loading anything."""
-    plain = check_resolves(cfg)
-    assert plain["stage"] in STAGES
-    assert isinstance(plain["seed"], int)
-    validate_adapter(typed(cfg.adapter, AdapterConfig))
-    validate_search(typed(cfg.search, SearchConfig))
-    ScoringOptions.from_config(cfg.scoring)
-    if cfg.logger.name == "wandb":
-        logger = typed(cfg.logger, LoggerConfig)
-        assert logger.mode in ("online", "offline", "disabled")
-    else:
-        assert cfg.logger.name == "none"
-    # Any model composes at either package; only the stages check the source is a causal LM.
-    check_model(cfg.source, "source")
-    check_model(cfg.target, "target")
-    assert float(cfg.objective.lm_weight) >= 0
+def model_nodes(cfg: DictConfig) -> dict[str, DictConfig]:
+    nodes = {"source": cfg.source, "target": cfg.target}
     for name, term in (cfg.objective.get("terms") or {}).items():
-        assert term.kind in OBJECTIVES, f"objective.terms.{name}.kind={term.kind!r}"
-        assert float(term.weight) >= 0
-        check_model(term.model, f"objective.terms.{name}.model")
-    dataset = plain["dataset"]
-    assert dataset["format"] in FORMATS
-    assert set(dataset) <= _KNOWN_KEYS, sorted(set(dataset) - _KNOWN_KEYS)
-    assert set(dataset["subset"]) <= _SUBSET_KEYS
-    assert dataset["subset"]["mode"] in SUBSET_MODES
-    assert set(plain["merge"]) == {"inputs", "output"}
-    assert set(plain["table"]) <= {
-        "roots",
-        "out_dir",
-        "datasets",
-        "experiments",
-        "methods",
-        "formats",
+        nodes[f"objective.terms.{name}.model"] = term.model
+    return nodes
+
+
+def check_typed(cfg: DictConfig) -> FuseConfig:
+    """Every group is typed by its schema while composing, and converts to it."""
+    expected = {
+        "adapter": AdapterConfig, "objective": ObjectiveConfig, "search": SearchConfig,
+        "dataset": DatasetConfig, "scoring": ScoringConfig, "table": TableConfig,
+        "merge": MergeConfig, "logger": LoggerConfig, "pipeline": PipelineConfig,
     }
+    for group, schema in expected.items():
+        assert OmegaConf.get_type(cfg[group]) is schema, group
+    for where, node in model_nodes(cfg).items():
+        schema = OmegaConf.get_type(node)
+        assert schema in MODEL_SCHEMAS.values(), f"{where}: typed {schema}, not a backend schema"
+        assert node.backend in schema.BACKENDS, where
+    typed = to_schema(cfg)
+    assert isinstance(typed.search, SearchConfig) and isinstance(typed.source, ModelConfig)
+    assert typed.stage in STAGES
+    return typed
 
 
 # ----------------------------------------------------------------------------------- composing
@@ -153,22 +164,23 @@ def check_schemas(cfg: DictConfig) -> None:
 
 def test_root_config_defaults():
     cfg = compose_cfg()
-    check_schemas(cfg)
-    assert cfg.stage == "pipeline" and cfg.seed == 0 and cfg.device == "auto"
-    assert cfg.source.name == "smollm2_135m" and cfg.target.name == "minilm_l6"
-    assert cfg.logger.name == "wandb" and cfg.logger.mode == "offline"
+    typed = check_typed(cfg)
+    assert typed.stage == "pipeline" and typed.seed == 0 and typed.device == "auto"
+    assert typed.source.name == "smollm2_135m" and typed.target.name == "minilm_l6"
+    assert typed.logger.name == "wandb" and typed.logger.mode == "offline"
+    assert typed.weights == "pretrained" and typed.optimized_metric is None
     assert "hydra" not in cfg
 
 
 def test_every_group_has_options():
     groups = {g for g, _ in group_options()}
-    assert {"model", "objective", "search", "dataset", "logger", "debug", "launcher"} <= groups
-    assert ("objective", "tiny_sentiment") in group_options()
+    assert {"model", "objective", "search", "dataset", "logger", "smoke", "launcher"} <= groups
+    assert ("dataset", "synthetic_images") in group_options()
 
 
 @pytest.mark.parametrize("overrides", option_overrides())
-def test_every_option_composes_and_validates(overrides):
-    check_schemas(compose_cfg(overrides))
+def test_every_option_composes_and_converts(overrides):
+    check_typed(compose_cfg(overrides))
 
 
 EXPERIMENTS = sorted(
@@ -178,13 +190,13 @@ EXPERIMENTS = sorted(
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_every_experiment_composes_and_validates(name):
-    cfg = compose_cfg([f"experiment={name}"])
-    check_schemas(cfg)
+def test_every_experiment_composes_and_converts(name):
+    typed = check_typed(compose_cfg([f"experiment={name}"]))
     # An experiment labels its runs (tables and output folders are keyed by it).
-    assert cfg.experiment_name != "default", f"experiment {name} does not set experiment_name"
-    # ... and with the debug settings on top, as `python run.py experiment=X debug=default` does.
-    check_schemas(compose_cfg([f"experiment={name}", "debug=default"]))
+    assert typed.experiment_name != "default", f"experiment {name} does not set experiment_name"
+    # ... and composes with the smoke settings, random weights and the synthetic images on top.
+    check_typed(compose_cfg([f"experiment={name}", "smoke=default", "weights=random",
+                             "dataset=synthetic_images"]))
 
 
 def test_hydra_node_and_callbacks():
@@ -211,31 +223,311 @@ def test_launcher_configs(name, launcher):
         assert node.gpus_per_node == 1 and node.cpus_per_task > 0 and node.mem_gb > 0
     # The launcher only touches hydra.*: the run config (and so its hash) is unchanged.
     assert run_config_hash(compose_cfg([f"+launcher={name}"])) == run_config_hash(compose_cfg())
-    check_schemas(cfg)
 
 
-def test_debug_settings_apply():
-    cfg = compose_cfg(["debug=default", "logger=none"])
-    assert cfg.search.steps == 2 and cfg.dataset.subset.mode == "first"
-    check_schemas(cfg)
-
-
-# --------------------------------------------------------------------------- stages and checks
-
-
-def test_unknown_stage_lists_known_stages():
-    with pytest.raises(ValueError) as err:
-        resolve_stage("bogus")
-    message = str(err.value)
-    assert "unknown stage='bogus'" in message
-    for stage in STAGES:
-        assert stage in message
-    assert resolve_stage("merge").__name__ == "fuse_repro.stages.merge"
+def test_smoke_settings_apply():
+    cfg = compose_cfg(["smoke=default", "logger=none"])
+    typed = check_typed(cfg)
+    assert typed.search.steps == 2 and typed.dataset.subset.mode == "first"
 
 
 def test_every_stage_module_has_run():
     for name in STAGES:
         assert callable(resolve_stage(name).run), name
+
+
+# ------------------------------------------------------------------ image datasets, objectives
+
+
+@pytest.mark.parametrize("dataset", ["image_folder", "synthetic_images"])
+def test_image_datasets_select_an_image_objective(dataset):
+    kinds = lambda cfg: sorted(t.kind for t in cfg.objective.terms.values())
+    assert kinds(compose_cfg([f"dataset={dataset}"])) == ["clip"]
+    # An explicit choice wins, wherever it stands on the command line ...
+    assert kinds(compose_cfg([f"dataset={dataset}", "objective=clip_sentiment"])) == ["clip", "sentiment"]
+    assert kinds(compose_cfg(["objective=clip_sentiment", f"dataset={dataset}"])) == ["clip", "sentiment"]
+    # ... and so does an experiment's (the caption stage's check then says what it needs).
+    assert kinds(compose_cfg(["experiment=paper_senticap_positive_fuse", f"dataset={dataset}"])) \
+        == ["clip", "sentiment"]
+    assert kinds(compose_cfg(["experiment=coco_text_targets", f"dataset={dataset}"])) \
+        == ["text_similarity"]
+
+
+def test_synthetic_images_subset_n_takes_the_first_images():
+    typed = check_typed(compose_cfg(["dataset=synthetic_images", "dataset.subset.n=2", "seed=3"]))
+    assert typed.dataset.subset.mode == "first" and typed.dataset.subset.n == 2
+    assert typed.dataset.synthetic.seed == 3  # wired to the root seed
+    assert typed.dataset.name == "synthetic_images"
+
+
+# ------------------------------------------------------------------------- unknown keys fail
+
+
+# (path of a node, its group, its schema's name): one per schema of the root config.
+NODES = [
+    ("search", "search", "SearchConfig"),
+    ("adapter", "adapter", "AdapterConfig"),
+    ("adapter.corpus", "adapter", "CorpusConfig"),
+    ("dataset", "dataset", "DatasetConfig"),
+    ("dataset.subset", "dataset", "SubsetConfig"),
+    ("dataset.synthetic", "dataset", "SyntheticImagesConfig"),
+    ("objective", "objective", "ObjectiveConfig"),
+    ("objective.terms.text_similarity", "objective", "TermConfig"),
+    ("objective.terms.text_similarity.model", "model", "HFModelConfig"),
+    ("source", "model", "GGUFModelConfig"),
+    ("target", "model", "HFModelConfig"),
+    ("scoring", "scoring", "ScoringConfig"),
+    ("scoring.sentiment", "scoring", "SentimentScoringConfig"),
+    ("scoring.spice", "scoring", "SpiceConfig"),
+    ("table", "table", "TableConfig"),
+    ("merge", "merge", "MergeConfig"),
+    ("logger", "logger", "LoggerConfig"),
+    ("pipeline", "pipeline", "PipelineConfig"),
+    ("paths", "paths", "PathsConfig"),
+]
+
+
+@pytest.mark.parametrize(("path", "group", "schema"), NODES, ids=[n[0] for n in NODES])
+def test_unknown_key_fails_at_compose_naming_key_and_group(path, group, schema):
+    with pytest.raises(Exception) as err:  # Hydra's ConfigCompositionException
+        compose_cfg([f"{path}.bogus_key=1"])
+    line = compose_error_line(err.value)
+    assert "\n" not in line
+    assert f"unknown key {path}.bogus_key" in line and f"config group {group}" in line
+    assert schema in line
+
+
+@pytest.mark.parametrize(("path", "group", "schema"), NODES, ids=[n[0] for n in NODES])
+def test_unknown_key_added_with_plus_fails_at_conversion(path, group, schema):
+    # `+key=value` passes Hydra's struct check; the conversion point catches it.
+    with pytest.raises(ConfigError) as err:
+        to_schema(with_extra_key(path))
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"unknown key {path}.bogus_key in config group {group} (schema {schema})" in message
+    assert "known keys:" in message
+
+
+def _conf_with(tmp_path: Path, relative: str, line: str) -> Path:
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    with (conf / relative).open("a") as fh:
+        fh.write(line)
+    return conf
+
+
+def test_unknown_key_in_a_yaml_file_fails_at_compose(tmp_path):
+    conf = _conf_with(tmp_path / "a", "search/paper.yaml", "beam_widht: 4\n")
+    with pytest.raises(Exception) as err:
+        compose_cfg(["search=paper"], conf=conf)
+    line = compose_error_line(err.value)
+    assert "unknown key search.beam_widht (in conf/search/paper.yaml) in config group search" in line
+    conf = _conf_with(tmp_path / "b", "model/minilm_l6.yaml", "pooling: mean\n")
+    with pytest.raises(Exception) as err:
+        compose_cfg([], conf=conf)
+    line = compose_error_line(err.value)
+    assert "pooling" in line and "conf/model/minilm_l6.yaml" in line
+    assert "config group model (schema HFModelConfig" in line
+
+
+def test_plain_mappings_convert_with_a_schema():
+    assert convert({"steps": 2}, SearchConfig) == SearchConfig(steps=2)
+    with pytest.raises(ConfigError, match=r"unknown key max_wrds in config group .*CorpusConfig"):
+        convert({"max_wrds": 3}, CorpusConfig)
+    with pytest.raises(ConfigError, match=r"unknown key corpus.max_wrds .*schema CorpusConfig"):
+        convert({"corpus": {"max_wrds": 3}}, AdapterConfig)
+    # A plain model mapping gets its backend's schema.
+    raw = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "tiny_gpt2.yaml"))
+    raw.pop("defaults")
+    raw["weights"] = "pretrained"
+    model = convert(raw, ModelConfig)
+    assert type(model).__name__ == "TinyGPT2Config" and model.n_layer == 2
+    with pytest.raises(ConfigError, match="backend='nope'"):
+        convert({"name": "x", "kind": "causal_lm", "backend": "nope", "dtype": "float32"}, ModelConfig)
+
+
+def test_missing_value_names_the_key():
+    with pytest.raises(ConfigError, match=r"dataset\.name is required"):
+        to_schema(compose_cfg(["dataset.name=???"]))
+
+
+# -------------------------------------------------------------------------- value validation
+
+
+def test_plus_override_reaches_the_conversion_point():
+    with pytest.raises(ConfigError, match=r"unknown key search\.bogus_key in config group search"):
+        to_schema(compose_cfg(["+search.bogus_key=1"]))
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("search.beam_width=0", r"search\.beam_width must be >= 1, got 0"),
+        ("search.top_k=0", r"search\.top_k must be >= 1"),
+        ("search.method=greedy", r"search\.method='greedy' is not one of"),
+        ("search.slot_init=zero", r"search\.slot_init='zero'"),
+        ("adapter.overflow=wrap", r"adapter\.overflow='wrap'"),
+        ("adapter.max_tokens=0", r"adapter\.max_tokens \(L\) must be >= 1"),
+        ("adapter.corpus.kind=books", r"adapter\.corpus\.kind='books'"),
+        ("adapter.rcond=1.5", r"adapter\.rcond must be null or in \[0, 1\)"),
+        ("objective.lm_weight=-1", r"objective\.lm_weight=-1\.0 must be a finite number >= 0"),
+        ("objective.terms.text_similarity.weight=nan", r"terms\.text_similarity\.weight=nan"),
+        ("dataset.subset.mode=sample", r"subset\.mode=sample needs subset\.n >= 1"),
+        ("dataset.subset.mode=every_other", r"dataset\.subset\.mode='every_other'"),
+        ("dataset.format=tsv", r"dataset\.format='tsv'"),
+        ("scoring.metrics=[bleu,WER]", r"unknown metric 'WER'"),
+        ("scoring.sentiment.rule=vote", r"scoring\.sentiment\.rule='vote'"),
+        ("logger.mode=loud", r"logger\.mode='loud'"),
+        ("table.formats=[md,pdf]", r"table\.formats entry='pdf'"),
+        ("pipeline.methods=[]", r"pipeline\.methods is empty"),
+        ("weights=zeros", r"weights='zeros'"),
+        ("resume=always", r"resume='always'"),
+        ("threads=0", r"threads must be >= 1"),
+        ("source.dtype=float8", r"dtype='float8'"),
+    ],
+)
+def test_bad_values_fail_at_conversion_with_one_line(override, match):
+    key, _, text = override.partition("=")
+    value: Any = text  # the typed node converts it, as for a command-line override
+    if text.startswith("["):
+        value = [v for v in text.strip("[]").split(",") if v]
+    elif text == "nan":
+        value = float("nan")
+    with pytest.raises(ConfigError, match=match) as err:
+        to_schema(with_values(**{key: value}))
+    assert "\n" not in str(err.value)
+
+
+def test_wrong_type_fails_at_compose():
+    with pytest.raises(Exception) as err:
+        compose_cfg(["search.top_k=many"])
+    assert compose_error_line(err.value) == (
+        "bad override search.top_k=many: Value 'many' of type 'str' could not be converted to "
+        "Integer")
+
+
+def test_all_zero_weights_and_stray_sentiment_key():
+    with pytest.raises(ConfigError, match="all objective weights are zero"):
+        to_schema(compose_cfg(["objective.lm_weight=0", "objective.terms.text_similarity.weight=0"]))
+    with pytest.raises(ConfigError, match="only kind=sentiment reads it"):
+        to_schema(compose_cfg(["objective.terms.text_similarity.sentiment=positive"]))
+
+
+def test_python_callers_get_the_same_validation():
+    with pytest.raises(ConfigError, match="search.beam_width"):
+        SearchConfig(beam_width=0)
+    with pytest.raises(ConfigError, match="search.method"):
+        dataclasses.replace(SearchConfig(), method="greedy")
+    with pytest.raises(ConfigError, match="subset.mode=shard needs 0 <= subset.index"):
+        SubsetConfig(mode="shard", index=2, count=2)
+
+
+# -------------------------------------------------------------------- defaults in one place
+
+
+def _schema_default(schema: type, key: str) -> Any:
+    field = {f.name: f for f in dataclasses.fields(schema)}[key]
+    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return OmegaConf.to_container(OmegaConf.structured(field.default_factory()))  # type: ignore[misc]
+    return field.default
+
+
+def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(node, dict):
+        out = []
+        for key, value in node.items():
+            out += _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+        return out
+    return [(prefix, node)]
+
+
+def _restated(path: Path, base: str, schema: type | None) -> list[str]:
+    """Keys a yaml option sets to the value its schema already defaults to."""
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    assert isinstance(raw, dict)
+    raw.pop("defaults", None)
+    found = []
+    for key, value in _leaves(raw):
+        full = f"{base}.{key}" if base else key
+        parent, _, leaf = full.rpartition(".")
+        owner = schema if schema is not None and parent == base else _schema_at(parent)
+        if owner is None or leaf not in {f.name for f in dataclasses.fields(owner)}:
+            continue
+        default = _schema_default(owner, leaf)
+        if isinstance(value, str) and "${" in value:
+            continue  # wiring to another key, not a default
+        if default is not MISSING and default == value:
+            found.append(f"{full}: {value!r}")
+    return found
+
+
+def _model_schema_of(path: Path) -> type:
+    for entry in OmegaConf.load(path).get("defaults", []):
+        if isinstance(entry, str) and entry.startswith("/schema/model/"):
+            return MODEL_SCHEMAS[entry.removeprefix("/schema/model/").split("@")[0]]
+    raise AssertionError(f"{path} names no model schema in its defaults list")
+
+
+@pytest.mark.parametrize(("group", "option"), [
+    go for go in group_options() if go[0] not in ("experiment", "smoke", "launcher", "fidelity")
+], ids="/".join)
+def test_no_option_restates_a_schema_default(group, option):
+    path = CONF / group / f"{option}.yaml"
+    is_global = OmegaConf.load(path) is not None and "# @package _global_" in path.read_text()
+    if group == "model":
+        restated = _restated(path, "", _model_schema_of(path))
+    elif is_global:
+        restated = _restated(path, "", FuseConfig)
+    else:
+        restated = _restated(path, group, None)
+    assert not restated, f"conf/{group}/{option}.yaml restates schema defaults: {restated}"
+
+
+def test_root_config_sets_only_wiring():
+    raw = OmegaConf.to_container(OmegaConf.load(CONF / "config.yaml"), resolve=False)
+    raw.pop("defaults")
+    assert all("${" in str(v) for _, v in _leaves(raw)), raw
+
+
+@pytest.mark.parametrize("schema", [SearchConfig, MergeConfig, PipelineConfig])
+def test_python_defaults_are_the_default_run(schema):
+    """``SearchConfig()`` in Python is what ``python run.py`` uses."""
+    group = {SearchConfig: "search", MergeConfig: "merge", PipelineConfig: "pipeline"}[schema]
+    assert getattr(to_schema(compose_cfg()), group) == schema()
+
+
+def test_adapter_defaults_are_the_default_run():
+    typed = to_schema(compose_cfg(["seed=0"]))
+    assert typed.adapter == AdapterConfig()
+    assert to_schema(compose_cfg(["seed=5"])).adapter == AdapterConfig(seed=5)
+
+
+def test_search_paper_option_holds_only_the_papers_values():
+    paper = to_schema(compose_cfg(["search=paper"])).search
+    changed = {f.name for f in dataclasses.fields(SearchConfig)
+               if getattr(paper, f.name) != getattr(SearchConfig(), f.name)}
+    assert {"steps", "top_k", "beam_width", "logit_weight"} <= changed
+    assert (paper.top_k, paper.beam_width) == (512, 5)
+
+
+def test_optimized_metric_key():
+    assert compose_cfg().optimized_metric is None
+    assert to_schema(compose_cfg(["optimized_metric=mean_total_loss"])).optimized_metric == \
+        "mean_total_loss"
+
+
+def test_schema_defaults_are_finite_and_valid():
+    # Building every schema that has no required field runs its own validation.
+    for schema in (SearchConfig, AdapterConfig, CorpusConfig, SubsetConfig, ScoringConfig,
+                   MergeConfig, PipelineConfig):
+        instance = schema()
+        for f in dataclasses.fields(instance):
+            value = getattr(instance, f.name)
+            assert not (isinstance(value, float) and not math.isfinite(value)), (schema, f.name)
+    assert TermConfig.__dataclass_fields__["weight"].default is MISSING
+
+
+# -------------------------------------------------------------------------------- run hash
 
 
 @pytest.mark.parametrize(
@@ -250,7 +542,9 @@ def test_every_stage_module_has_run():
     ],
 )
 def test_run_hash_changes_with_determining_keys(override):
-    assert run_config_hash(compose_cfg([override])) != run_config_hash(compose_cfg())
+    key, _, value = override.partition("=")
+    cfg = compose_cfg([override]) if "@" in key or key == "objective" else with_values(**{key: value})
+    assert run_config_hash(cfg) != run_config_hash(compose_cfg())
 
 
 @pytest.mark.parametrize(
@@ -265,68 +559,20 @@ def test_run_hash_changes_with_determining_keys(override):
         "device=cpu",
         "device=cuda:1",
         "stage=caption",
+        "threads=2",
+        "resume=force",
+        "optimized_metric=CIDEr",
     ],
 )
 def test_run_hash_ignores_paths_logger_device(override):
     # scoring.spice.cache_dir interpolates paths.cache_dir and scoring.sentiment.device
     # interpolates device: neither may leak into the hash.
-    assert run_config_hash(compose_cfg([override])) == run_config_hash(compose_cfg())
+    key, _, value = override.partition("=")
+    cfg = compose_cfg([override]) if key == "logger" else with_values(**{key: value})
+    assert run_config_hash(cfg) == run_config_hash(compose_cfg())
 
 
 def test_run_hash_is_stable_across_compositions():
     a, b = compose_cfg(["search.top_k=7"]), compose_cfg(["search.top_k=7"])
     assert run_config_hash(a) == run_config_hash(b)
     assert len(run_config_hash(a)) == 16
-
-
-def test_misspelled_adapter_key_is_named():
-    cfg = compose_cfg(["+adapter.words_per_bukket=64"])
-    with pytest.raises(Exception, match="words_per_bukket"):
-        typed(cfg.adapter, AdapterConfig)
-    cfg = compose_cfg(["+adapter.corpus.max_wrds=10"])
-    with pytest.raises(Exception, match="max_wrds"):
-        typed(cfg.adapter, AdapterConfig)
-    # Misspelled without `+`: Hydra itself refuses the override and names the key.
-    with pytest.raises(Exception, match="words_per_bukket"):
-        compose_cfg(["adapter.words_per_bukket=64"])
-
-
-@pytest.mark.parametrize(
-    ("override", "match"),
-    [
-        ("adapter.overflow=wrap", "adapter.overflow='wrap'"),
-        ("adapter.max_tokens=0", "adapter.max_tokens"),
-        ("adapter.corpus.kind=books", "adapter.corpus.kind='books'"),
-    ],
-)
-def test_bad_adapter_values_fail_validation(override, match):
-    cfg = compose_cfg([override])
-    with pytest.raises(ValueError, match=match):
-        validate_adapter(typed(cfg.adapter, AdapterConfig))
-
-
-def test_wrong_type_is_named():
-    cfg = compose_cfg(["search.top_k=many"])
-    with pytest.raises(Exception, match="top_k"):
-        typed(cfg.search, SearchConfig)
-    cfg = compose_cfg(["search.method=greedy"])
-    with pytest.raises(ValueError, match="search.method='greedy'"):
-        validate_search(typed(cfg.search, SearchConfig))
-
-
-def test_misspelled_scoring_key_is_named():
-    cfg = compose_cfg(["+scoring.sentiment.rul=argmax"])
-    with pytest.raises(ValueError, match=r"scoring\.sentiment\.rul"):
-        ScoringOptions.from_config(cfg.scoring)
-
-
-def test_device_values():
-    assert resolve_device("cpu").type == "cpu"
-    assert resolve_device("auto").type in ("cpu", "cuda")
-    with pytest.raises(ValueError, match=r"device='gpu0' is not a torch device \(try cpu, cuda"):
-        resolve_device("gpu0")
-    import torch
-
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
-            resolve_device("cuda:1")

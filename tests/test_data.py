@@ -1,4 +1,5 @@
-"""Dataset readers, subsets and config loading (fuse_repro/data.py, conf/dataset/*.yaml)."""
+"""Dataset readers, subsets, synthetic images and config loading (fuse_repro/data/,
+conf/dataset/*.yaml)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
 
+from fuse_repro.config import ConfigError, SyntheticImagesConfig
 from fuse_repro.data import (
     DatasetError,
     Item,
@@ -22,21 +25,22 @@ from fuse_repro.data import (
     read_nocaps,
     read_nocaps_corpus,
     read_senticap,
+    read_synthetic_images,
     read_text_targets,
     select_subset,
 )
-
+from fuse_repro.data.synthetic import PALETTE, render, scene
 from tests.helpers import REPO, SHARED, needs_shared
 
 
-
 def _dataset_cfg(name: str, data_dir: Path, **overrides: object):
-    """A dataset yaml from conf/ resolved against a given data_dir and seed 0."""
-    root = OmegaConf.create({"paths": {"data_dir": str(data_dir)}, "seed": 0})
-    root.dataset = OmegaConf.load(REPO / "conf" / "dataset" / f"{name}.yaml")
-    for key, value in overrides.items():
-        OmegaConf.update(root, f"dataset.{key}", value)
-    return root.dataset
+    """The composed ``dataset`` group of ``dataset=<name>`` with paths.data_dir=<data_dir>,
+    seed 0 and ``dataset.<key>=<value>`` overrides, as ``python run.py`` composes it."""
+    args = [f"dataset={name}", f"paths.data_dir={data_dir}", "seed=0"]
+    args += [f"dataset.{k}={'null' if v is None else v}" for k, v in overrides.items()]
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf"),
+                               job_name="test_data"):
+        return compose("config", overrides=args).dataset
 
 
 # ---------------------------------------------------------------------------- formats
@@ -171,8 +175,8 @@ def test_missing_file_error_names_file_expectation_and_source(tmp_path):
     (read_karpathy, '[{"filename": "x.jpg"}]', r"no 'images' list"),
     (read_karpathy, '{"images": [{"split": "test"}]}', r"image entry 0 lacks 'filename'"),
     (read_coco_captions, '{"images": []}', r"no 'images'/'annotations' lists"),
-    (read_coco_captions, '{"images": [{"id": 1}], "annotations": [{"image_id": 2, '
-                         '"caption": "x"}]}', r"missing from 'images'"),
+    (read_coco_captions, ('{"images": [{"id": 1}], "annotations": [{"image_id": 2, '
+                          '"caption": "x"}]}'), r"missing from 'images'"),
     (read_nocaps, '{"images": [{"id": 1}], "annotations": []}', r"lacks 'id' or 'domain'"),
     (read_nocaps_corpus, '{"split": "in_domain"}', r"top level is not a list"),
     (read_text_targets, '[{"id": 1}]', r"entry 0 lacks 'id' or a string 'target'"),
@@ -218,7 +222,7 @@ def test_subset_first():
     items = _items(10)
     assert [it.id for it in select_subset(items, "first", n=3)] == ["0", "1", "2"]
     assert len(select_subset(items, "first", n=50)) == 10
-    with pytest.raises(DatasetError, match="needs subset.n >= 1, got n=0"):
+    with pytest.raises(ConfigError, match="needs subset.n >= 1, got n=0"):
         select_subset(items, "first", n=0)
 
 
@@ -235,7 +239,7 @@ def test_subset_sample_is_seeded_stable_and_in_dataset_order():
 
     expected = sorted(np.random.default_rng(0).choice(100, size=10, replace=False).tolist())
     assert a == [str(i) for i in expected]
-    with pytest.raises(DatasetError, match="needs subset.seed"):
+    with pytest.raises(ConfigError, match="needs subset.seed"):
         select_subset(items, "sample", n=10, seed=None)
 
 
@@ -250,11 +254,11 @@ def test_subset_shards_partition_the_set(n, count):
 
 def test_subset_bad_values():
     items = _items(4)
-    with pytest.raises(DatasetError, match="0 <= subset.index < count=2, got index=2"):
+    with pytest.raises(ConfigError, match="0 <= subset.index < count=2, got index=2"):
         select_subset(items, "shard", index=2, count=2)
-    with pytest.raises(DatasetError, match="subset.count >= 1"):
+    with pytest.raises(ConfigError, match="subset.count >= 1"):
         select_subset(items, "shard", index=0, count=0)
-    with pytest.raises(DatasetError, match="subset.mode must be one of"):
+    with pytest.raises(ConfigError, match=r"dataset.subset.mode='every_other' is not one of"):
         select_subset(items, "every_other")
 
 
@@ -295,12 +299,19 @@ def test_load_dataset_missing_file_and_bad_config(tmp_path):
         load_dataset(_dataset_cfg("nocaps_val", tmp_path))
     assert str(tmp_path / "nocaps" / "nocaps_val_4500_captions.json") in str(err.value)
     assert "nocaps.s3.amazonaws.com" in str(err.value)
-    with pytest.raises(DatasetError, match="dataset.format must be one of"):
+    # The config is checked (one line, naming key and group) before any file is read.
+    with pytest.raises(ConfigError, match=r"dataset.format='tsv' is not one of"):
         load_dataset({"name": "x", "format": "tsv"})
-    with pytest.raises(DatasetError, match=r"unknown keys \['size'\]"):
+    with pytest.raises(ConfigError, match=r"unknown key subset.size in config group dataset "
+                                          r"\(schema SubsetConfig\)"):
         load_dataset({"name": "x", "format": "text_targets", "annotations": "x.json",
                       "subset": {"mode": "first", "size": 3}})
-    with pytest.raises(DatasetError, match="needs dataset.image_dir"):
+    with pytest.raises(ConfigError, match="unknown key image_folder in config group dataset"):
+        load_dataset({"name": "x", "format": "text_targets", "annotations": "x.json",
+                      "image_folder": "/tmp"})
+    with pytest.raises(ConfigError, match="format 'text_targets' needs dataset.annotations"):
+        load_dataset({"name": "x", "format": "text_targets"})
+    with pytest.raises(ConfigError, match="needs dataset.image_dir"):
         load_dataset(_dataset_cfg("image_folder", tmp_path, image_dir=None))
     images = tmp_path / "images"
     images.mkdir()
@@ -314,3 +325,74 @@ def test_text_targets_conf(tmp_path):
     items = load_dataset(_dataset_cfg("text_targets", tmp_path,
                                       **{"subset.mode": "first", "subset.n": 2}))
     assert [it.target for it in items] == ["t0", "t1"]
+
+
+# ---------------------------------------------------------------------------- synthetic images
+
+
+def test_synthetic_images_are_seeded_and_need_no_files():
+    cfg = SyntheticImagesConfig(num_images=4, size=64, shapes=3, seed=0)
+    a, b = read_synthetic_images(cfg), read_synthetic_images(cfg)
+    assert [it.id for it in a] == [f"synthetic_{i:05d}" for i in range(4)]
+    for x, y in zip(a, b):
+        assert np.array_equal(np.asarray(x.image), np.asarray(y.image))
+    other = read_synthetic_images(SyntheticImagesConfig(num_images=4, size=64, seed=1))
+    assert not np.array_equal(np.asarray(a[0].image), np.asarray(other[0].image))
+    # The pictures differ from each other, and each is the size asked for.
+    assert len({np.asarray(it.image).tobytes() for it in a}) == 4
+    for it in a:
+        assert it.image_path is None and it.has_image and it.references == [] and it.target is None
+        img = it.open_image()
+        assert img.mode == "RGB" and img.size == (64, 64)
+    check_images(a)  # images in memory count as images
+
+
+def test_synthetic_image_pixels_follow_the_scene():
+    """The top shape's colour sits at its centre and the background at a corner a shape cannot
+    reach (shapes stay inside the middle of the picture)."""
+    size = 96
+    for index in range(12):
+        sc = scene(7, index, size, shapes=3)
+        pixels = np.asarray(render(sc, size))  # (H, W, 3)
+        top = sc.shapes[-1]
+        x0, y0, x1, y1 = top.box
+        # Inside every shape: its box centre; a triangle's centroid sits lower, at 2/3 height.
+        cy = (y0 + 2 * y1) // 3 if top.kind == "triangle" else (y0 + y1) // 2
+        assert tuple(pixels[cy, (x0 + x1) // 2]) == PALETTE[top.colour], (index, top)
+        assert tuple(pixels[0, 0]) == PALETTE[sc.background]
+        assert top.colour != sc.background
+        assert " on a " in sc.describe()
+
+
+def test_synthetic_images_dataset_from_the_config():
+    items = load_dataset(_dataset_cfg("synthetic_images", Path("/nonexistent"),
+                                      **{"subset.n": 2, "synthetic.size": 32}))
+    assert [it.id for it in items] == ["synthetic_00000", "synthetic_00001"]
+    whole = read_synthetic_images(SyntheticImagesConfig(num_images=8, size=32, seed=0))
+    assert np.array_equal(np.asarray(items[1].image), np.asarray(whole[1].image))
+    assert len(load_dataset(_dataset_cfg("synthetic_images", Path("/nonexistent")))) == 8
+    with pytest.raises(ConfigError, match="dataset.synthetic.num_images must be >= 1"):
+        load_dataset(_dataset_cfg("synthetic_images", Path("/x"), **{"synthetic.num_images": 0}))
+
+
+def test_clip_objective_reads_an_image_in_memory_like_a_file(tiny_clip, tmp_path):
+    from fuse_repro.objectives import ClipImageSimilarity
+
+    item = read_synthetic_images(SyntheticImagesConfig(num_images=1, size=48))[0]
+    path = tmp_path / "0.png"
+    item.image.save(path)  # PNG is lossless: the same pixels
+    in_memory, from_file = (ClipImageSimilarity(tiny_clip, None, 1.0) for _ in range(2))
+    in_memory.prepare(item)
+    from_file.prepare(Item(id="f", image_path=str(path)))
+    assert in_memory.image_features is not None
+    assert np.allclose(in_memory.image_features.numpy(), from_file.image_features.numpy())
+
+
+def test_synthetic_captions_get_no_caption_metrics_and_say_why():
+    from fuse_repro.scoring import ScoringOptions, score_captions
+
+    items = read_synthetic_images(SyntheticImagesConfig(num_images=2, size=16))
+    metrics, _rows = score_captions({it.id: "a red circle" for it in items}, items,
+                                   ScoringOptions(metrics=("Bleu", "CIDEr")))
+    assert not metrics.get("metrics")
+    assert "reference" in json.dumps(metrics.get("unavailable"))

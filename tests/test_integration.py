@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from fuse_repro.adapter import fit_adapter, format_report
 from fuse_repro.config import AdapterConfig
@@ -27,3 +28,6 @@ def test_smollm2_to_minilm_fit_beats_mean_baseline(smol_minilm_adapter, smollm2,
     # a second fit with the same settings is a cache hit with identical maps
     again = fit_adapter(smollm2, minilm, AdapterConfig(words_per_bucket=4096, heldout_words=256), model_cache_dir)
     assert again.from_cache and again.key == adapter.key
+    assert sorted(again.maps) == sorted(adapter.maps)
+    for l, m in adapter.maps.items():
+        assert torch.equal(again.maps[l], m), l  # bit for bit, not just the same key

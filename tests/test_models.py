@@ -1,4 +1,5 @@
-"""Word spans, fingerprints, embedding-level forwards and loading of ``fuse_repro.models``.
+"""Word spans, fingerprints, embedding-level forwards and loading of the model modules
+(``fuse_repro.tokenizers``, ``text_model``, ``weights``, ``models``).
 
 The tokenizers are the real offline ones: SmolLM2's byte-level BPE (through tiny_gpt2, which
 borrows it), MiniLM's WordPiece and open_clip's CLIP BPE.
@@ -13,16 +14,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from fuse_repro.models import (
-    BACKENDS,
-    KINDS,
-    ModelUnavailableError,
-    TextModel,
-    WordSpanError,
-    WordTokenizer,
-    _bytes_to_unicode,
-    load_model,
-)
+from fuse_repro.models import BACKENDS, KINDS, load_model
+from fuse_repro.text_model import TextModel
+from fuse_repro.tokenizers import WordSpanError, WordTokenizer, bytes_to_unicode
+from fuse_repro.weights import ModelUnavailableError
 from tests.conftest import MODEL_CONF_DIR, model_cfg
 
 TEXTS = [
@@ -106,7 +101,7 @@ def _vocab(tok: WordTokenizer) -> dict[str, int]:
 def _byte_ids(tok: WordTokenizer, text: str) -> list[int]:
     """One byte-level token per UTF-8 byte: a non-canonical spelling of ``text``."""
     vocab = _vocab(tok)
-    table = _bytes_to_unicode()
+    table = bytes_to_unicode()
     return [vocab[table[b]] for b in text.encode("utf-8")]
 
 
@@ -154,7 +149,7 @@ def test_spans_of_ids_noncanonical_wordpiece_and_clip(
     assert clip.decode(ids) == "hello world "
     assert clip.spans_of_ids(ids) == [(0, 5), (5, 6)]
     # the emoji one byte per token: the first three only help build its character
-    table = _bytes_to_unicode()
+    table = bytes_to_unicode()
     pieces = [table[b] for b in "🙂".encode()]
     ids = [enc[p] for p in pieces[:-1]] + [enc[pieces[-1] + "</w>"], enc["x</w>"]]
     assert clip.decode(ids) == "🙂 x "
@@ -492,20 +487,25 @@ def test_unavailable_hub_model_fails_fast(
     assert time.perf_counter() - start < 5.0
 
 
-def test_real_hub_models_fail_fast_here(model_cache_dir: Path) -> None:
-    """On a machine without the hub, the paper's models say so at once (no ~25 s of retries)."""
-    from fuse_repro.models import _hub_unreachable_reason
+def test_real_hub_models_fail_fast_here(
+    model_cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a machine without the hub, the paper's models say so at once (no ~25 s of retries).
+    The Hugging Face cache is an empty folder, so a model cached on this machine cannot hide it."""
+    from huggingface_hub import constants
 
-    if _hub_unreachable_reason() is None:
+    from fuse_repro.weights import hub_unreachable_reason
+
+    if hub_unreachable_reason() is None:
         pytest.skip("the hub is reachable here: this would download the real weights")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_hub_cache"))
+    import open_clip  # noqa: F401  (a slow first import on a busy machine is not a retry)
+
     for name in ("gpt2_medium", "roberta_sentiment", "clip_vit_b32"):
         start = time.perf_counter()
-        try:
+        with pytest.raises(ModelUnavailableError, match="internet") as err:
             load_model(model_cfg(name), cache_dir=model_cache_dir)
-        except ModelUnavailableError as err:
-            assert name in str(err)
-        else:
-            continue  # in the local cache after all: loading it is fine
+        assert name in str(err.value) and "empty_hub_cache" in str(err.value), err.value
         assert time.perf_counter() - start < 5.0, name
 
 
@@ -516,7 +516,14 @@ def test_clip_encode_batch_equals_open_clip_encode(tiny_clip: TextModel) -> None
     tok = tiny_clip.tokenizer
     words = wordfreq.top_n_list("en", 400000, wordlist="large")[::97]  # ~3.3k words, all kinds
     texts = [" " + w for w in words] + [
-        "A café &amp; a  Dog!!", "naïve 🙂 x", "3.14 don't (hello)", "TABS\tand\nnewlines",
-        "&nbsp;x", "", "   ", "pneumonoultramicroscopicsilicovolcanoconiosis", "a" * 200,
+        "A café &amp; a  Dog!!",
+        "naïve 🙂 x",
+        "3.14 don't (hello)",
+        "TABS\tand\nnewlines",
+        "&nbsp;x",
+        "",
+        "   ",
+        "pneumonoultramicroscopicsilicovolcanoconiosis",
+        "a" * 200,
     ]
     assert tok.encode_batch(texts) == [list(tok.raw.encode(t)) for t in texts]

@@ -1,5 +1,6 @@
-"""Caption scoring (fuse_repro/scoring.py): hand-checked cases, published-score reproduction,
-missing SPICE, sentiment accuracy, the captions.jsonl -> metrics.json path and stage=score."""
+"""Caption scoring (fuse_repro/coco_metrics.py, sentiment.py, scoring.py): hand-checked cases,
+published-score reproduction, missing SPICE, sentiment accuracy, the captions.jsonl and COCO
+results JSON -> metrics.json path and stage=score."""
 
 from __future__ import annotations
 
@@ -10,27 +11,26 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from fuse_repro import scoring
+from fuse_repro import coco_metrics
+from fuse_repro.coco_metrics import MeteorScorer, bleu, cider, ptb_tokenize, rouge_l, spice_status
 from fuse_repro.data import Item, read_coco_captions, read_embedded_refs
+from fuse_repro.errors import FuseError
+from fuse_repro.records import captions_by_id, read_caption_rows
 from fuse_repro.scoring import (
-    MeteorScorer,
     ScoringOptions,
-    SentimentLabelError,
-    bleu,
-    cider,
-    ptb_tokenize,
-    read_captions_jsonl,
-    rouge_l,
     score_captions,
     score_captions_file,
-    sentiment_label_ids,
-    spice_status,
     strip_caption_prefix,
 )
+from fuse_repro.sentiment import SentimentLabelError, sentiment_label_ids
 
 from tests.helpers import REPO, SHARED, needs_shared
 
 FAST = ("Bleu", "ROUGE_L", "CIDEr")  # the metrics without METEOR's ~15 s Java start-up
+
+
+def read_captions_jsonl(path: Path, method: str | None = None) -> dict[str, str]:
+    return captions_by_id(read_caption_rows(path), method, where=str(path))
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -121,7 +121,7 @@ def test_missing_spice_still_scores_the_rest(tmp_path, monkeypatch):
     monkeypatch.setattr(gsm, "urlretrieve", no_download)
     if spice_status()[0]:  # jars installed on this machine: simulate their absence
         missing = spice_status(tmp_path)
-        monkeypatch.setattr(scoring, "spice_status", lambda *a: missing)
+        monkeypatch.setattr(coco_metrics, "spice_status", lambda *a: missing)
     items = [Item(id="1", references=["a dog runs on the grass", "a brown dog"]),
              Item(id="2", references=["a red bus on a street"])]
     metrics, per = score_captions({"1": "a dog on grass", "2": "a bus"}, items,
@@ -152,7 +152,7 @@ def test_spice_output_parsing_with_a_stand_in_jar(monkeypatch):
         Path(cmd[cmd.index("-out") + 1]).write_text(json.dumps(out))
         return sp.CompletedProcess(cmd, 0, b"", b"")
 
-    monkeypatch.setattr(scoring, "spice_status", lambda *a: (True, None))
+    monkeypatch.setattr(coco_metrics, "spice_status", lambda *a: (True, None))
     monkeypatch.setattr(sp, "run", fake_run)
     items = [Item(id="1", references=["a dog"], domain="in-domain"),
              Item(id="2", references=["a cat"], domain="out-domain"),
@@ -271,9 +271,9 @@ def test_options_from_config_file():
                                                                                   "ROUGE_L")
     with pytest.raises(ValueError, match="unknown metric 'WER'"):
         ScoringOptions.from_config({"metrics": ["WER"]})
-    with pytest.raises(ValueError, match="unknown key scoring.spice.heap"):
+    with pytest.raises(ValueError, match=r"unknown key (scoring\.)?spice\.heap"):
         ScoringOptions.from_config({"spice": {"heap": "1G"}})
-    with pytest.raises(ValueError, match="sentiment.rule must be one of"):
+    with pytest.raises(ValueError, match="sentiment.rule.*(must be|is not) one of"):
         ScoringOptions.from_config({"sentiment": {"rule": "vote"}})
 
 
@@ -297,8 +297,63 @@ def test_score_stage(tmp_path):
     assert out["objective"] == saved["metrics"]["CIDEr"] > 0
     assert saved["dataset"]["name"] == "text_targets" and saved["num_scored"] == 3
     cfg.scoring.captions = str(tmp_path / "nope.jsonl")
-    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+    with pytest.raises(FuseError, match="nope.jsonl"):
         score_stage.run(cfg, tmp_path)
+
+
+def test_score_stage_takes_a_coco_results_file_as_a_labelled_external_row(tmp_path):
+    """A published system's standard COCO results JSON is scored by the same code into this run's
+    folder (not beside the input), labelled external, and shows in the offline COCO table as an
+    external row next to ours."""
+    from fuse_repro.stages import score as score_stage
+    from fuse_repro.tables import build_tables
+
+    (tmp_path / "text_targets.json").write_text(json.dumps(
+        [{"id": 100 + i, "target": t, "references": [t, f"there is {t}"]}
+         for i, t in enumerate(["a red bus", "a green tree", "a blue car"])]))
+    published = tmp_path / "published"
+    published.mkdir()
+    results = published / "zerocap_coco_results.json"
+    results.write_text(json.dumps([{"image_id": 100, "caption": "a red bus"},
+                                   {"image_id": 101, "caption": "a tree"},
+                                   {"image_id": 102, "caption": "a car"}]))
+    cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path), "cache_dir": str(tmp_path)},
+                            "seed": 0, "device": "cpu", "experiment_name": "zerocap_scored"})
+    cfg.dataset = OmegaConf.load(REPO / "conf" / "dataset" / "text_targets.yaml")
+    cfg.dataset.name = "coco_text_targets"
+    cfg.scoring = OmegaConf.load(REPO / "conf" / "scoring" / "default.yaml")
+    cfg.scoring.metrics = list(FAST)
+    cfg.scoring.captions = str(results)
+    cfg.scoring.label = "ZeroCap"
+    run_dir = tmp_path / "outputs" / "zerocap_scored" / "2024-01-01_00-00-00"
+    out = score_stage.run(cfg, run_dir)
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert sorted(p.name for p in published.iterdir()) == ["zerocap_coco_results.json"]
+    assert saved == out["metrics"] and saved["num_scored"] == 3
+    assert out["objective"] == out["CIDEr"] == saved["metrics"]["CIDEr"] > 0
+    assert (saved["captions_format"], saved["label"], saved["source"]) == (
+        "coco_results", "ZeroCap", "external")
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert (info["source"], info["label"], info["dataset"]) == ("external", "ZeroCap",
+                                                               "coco_text_targets")
+    # Our own run on the same targets, as a pipeline method folder would hold it.
+    ours = tmp_path / "outputs" / "coco_text_targets" / "2024-01-02_00-00-00" / "fuse"
+    ours.mkdir(parents=True)
+    (ours / "metrics.json").write_text(json.dumps(
+        {"dataset": {"name": "coco_text_targets"}, "method": "fuse",
+         "metrics": {"Bleu_1": 0.5, "Bleu_4": 0.1, "METEOR": 0.2, "ROUGE_L": 0.3, "CIDEr": 0.4}}))
+    (ours / "run_info.json").write_text(json.dumps(
+        {"experiment": "coco_text_targets", "config_hash": "abcdef0123456789", "method": "fuse"}))
+    summary = build_tables([tmp_path / "outputs"], tmp_path / "tables", formats=["md"])
+    assert summary["rows"]["table_coco_text"] == 2 and summary["num_used"] == 2
+    md = (tmp_path / "tables" / "table_coco_text.md").read_text().splitlines()
+    cider = 100 * saved["metrics"]["CIDEr"]
+    assert f"| ZeroCap | external | {100 * saved['metrics']['Bleu_1']:.2f} | " \
+           f"{100 * saved['metrics']['Bleu_4']:.2f} | – | " \
+           f"{100 * saved['metrics']['ROUGE_L']:.2f} | {cider:.2f} |" in md
+    assert "| coco_text_targets [fuse] | ours (abcdef01) | 50.00 | 10.00 | 20.00 | 30.00 | 40.00 |" \
+        in md
+    assert not any("ZeroCap" in line and "ours" in line for line in md)
 
 
 # ---------------------------------------------------------------------------- sentiment

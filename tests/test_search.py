@@ -10,15 +10,27 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fuse_repro.adapter import Bridge, fit_adapter
+from fuse_repro.adapter import fit_adapter
+from fuse_repro.bridge import Bridge
 from fuse_repro.config import AdapterConfig, CorpusConfig, SearchConfig
-from fuse_repro.objectives import ClipImageSimilarity, ObjectiveError, Sentiment, TextSimilarity
+from fuse_repro.objectives import (
+    METRIC_LABELS,
+    OBJECTIVES,
+    ClipImageSimilarity,
+    ObjectiveError,
+    Sentiment,
+    TextSimilarity,
+    build_objective,
+)
 from fuse_repro.search import (
     LMState,
+    candidate_scores,
     lm_context,
     lm_losses_full,
+    propose,
     search_caption,
     search_step,
+    slot_gradient,
     start_search,
 )
 from fuse_repro.stages import caption as caption_stage
@@ -116,16 +128,26 @@ def test_clip_pooling_mixed_lengths(tiny_gpt2, tiny_clip, model_cache_dir, tmp_p
 # the LM term from the KV cache
 # ----------------------------------------------------------------------------------------------
 def test_kv_cache_scores_equal_full_recomputation(tiny_gpt2):
+    """The search's KV cache is a transformers ``Cache`` passed by its current keyword (no
+    deprecated ``past_key_values``: a FutureWarning would fail this test), reordered per step."""
+    import warnings
+
+    from transformers import Cache
+
     prefix = tiny_gpt2.tokenizer.encode("An image of")
     ctx = lm_context(tiny_gpt2, prefix)
-    lm = LMState(tiny_gpt2, ctx)
     g = torch.Generator().manual_seed(0)
     beams = [[]]
-    for _ in range(3):  # grow 3 beams with reordering, as the search does
-        parents = torch.randint(0, len(beams), (3,), generator=g).tolist()
-        tokens = torch.randint(100, 5000, (3,), generator=g).tolist()
-        lm.advance(parents, tokens)
-        beams = [beams[p] + [t] for p, t in zip(parents, tokens)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        lm = LMState(tiny_gpt2, ctx)
+        for _ in range(3):  # grow 3 beams with reordering, as the search does
+            parents = torch.randint(0, len(beams), (3,), generator=g).tolist()
+            tokens = torch.randint(100, 5000, (3,), generator=g).tolist()
+            lm.advance(parents, tokens)
+            beams = [beams[p] + [t] for p, t in zip(parents, tokens)]
+    assert isinstance(lm.cache, Cache)
+    assert lm.cache.get_seq_length() == len(ctx) + 3
     with torch.no_grad():
         for b, gen in enumerate(beams):
             ids = torch.tensor([ctx + gen])
@@ -145,6 +167,42 @@ def test_search_lm_term_equals_full_recomputation(tiny_gpt2, tiny_roberta, model
     torch.testing.assert_close(state.nll_sums / n, full, rtol=1e-4, atol=1e-4)
     assert state.history[-1]["lm"] == pytest.approx(float(full[0]), rel=1e-4, abs=1e-4)
     assert state.evaluations == 8 + 3 * 8 + 3 * 8
+    # The authors' LM term (prefix + generated) through the cache, on the real model too.
+    authors = start_search(SimpleNamespace(id="a"), tiny_gpt2, [obj], dataclasses.replace(cfg, lm_term="prefix_and_generated"), 1.0, seed=0)
+    for _ in range(3):
+        search_step(authors)
+    both = lm_losses_full(tiny_gpt2, authors.prefix_ids, authors.beams[:1], "prefix_and_generated")
+    assert authors.history[-1]["lm"] == pytest.approx(float(both[0]), rel=1e-4, abs=1e-4)
+
+
+def test_candidate_scores_are_what_propose_ranks_on_a_real_bridge(tiny_gpt2, tiny_roberta, model_cache_dir):
+    """The public per-candidate score: gradient part = -slot_gradient at the LM-argmax slot,
+    LM part = masked log-probs, and propose's candidates are exactly the top of ``total``."""
+    adapter = fit_adapter(tiny_gpt2, tiny_roberta, SMALL_FIT, model_cache_dir)
+    obj = Sentiment(tiny_roberta, Bridge(tiny_gpt2, tiny_roberta, adapter), weight=3.0, sentiment="positive")
+    state = start_search(SimpleNamespace(id="s"), tiny_gpt2, [obj], SearchConfig(top_k=8, beam_width=3), 1.0, seed=0)
+    search_step(state)
+    scores = candidate_scores(state)
+    slots = scores.lm.argmax(-1).tolist()
+    seqs = [state.prefix_ids + b + [s] for b, s in zip(state.beams, slots)]
+    torch.testing.assert_close(scores.gradient, -slot_gradient(tiny_gpt2, [obj], seqs), rtol=1e-5, atol=1e-6)
+    assert scores.gradient.abs().sum() > 0
+    top = torch.sort(scores.total, dim=-1, descending=True, stable=True).indices[:, :8]
+    assert torch.equal(propose(state, scores), top)
+    assert torch.equal(propose(state), top)
+
+
+def test_objectives_declare_metrics_and_check_their_options(tiny_gpt2, tiny_roberta, model_cache_dir):
+    assert TextSimilarity.metrics == ClipImageSimilarity.metrics == ("cosine",)
+    assert Sentiment.metrics == ("cross_entropy",)
+    assert all(set(cls.metrics) <= set(METRIC_LABELS) for cls in OBJECTIVES.values())
+    adapter = fit_adapter(tiny_gpt2, tiny_roberta, SMALL_FIT, model_cache_dir)
+    bridge = Bridge(tiny_gpt2, tiny_roberta, adapter)
+    assert build_objective("sentiment", tiny_roberta, bridge, 1.0, sentiment="negative").default_sentiment == "negative"
+    with pytest.raises(ObjectiveError, match="objective 'sentiment' has no option 'sentimnet'"):
+        build_objective("sentiment", tiny_roberta, bridge, 1.0, sentimnet="negative")
+    with pytest.raises(ObjectiveError, match="unknown objective kind 'sim'"):
+        build_objective("sim", tiny_roberta, bridge, 1.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,7 +308,7 @@ def test_failed_item_is_logged_and_run_goes_on(tiny_gpt2, tiny_clip, model_cache
 def test_planted_word_found_by_fuse_not_by_lm_only(smollm2, minilm, smol_minilm_bridge):
     """The secondary objective rewards one word ("pizza"); after "An image of a" the LM alone
     ranks it ~400th. FUSE's gradient through MiniLM must surface it within two steps, with the
-    same top_k, while lm_only cannot; random_proposal (same budget, no gradient) is reported."""
+    same top_k, while lm_only and random_proposal (same budget, no gradient) cannot."""
     obj = TextSimilarity(minilm, smol_minilm_bridge, weight=10.0)
     item = SimpleNamespace(id="planted", target="pizza")
     base = SearchConfig(prefix="An image of a", steps=2, top_k=16, beam_width=2, logit_weight=0.05)
@@ -261,4 +319,7 @@ def test_planted_word_found_by_fuse_not_by_lm_only(smollm2, minilm, smol_minilm_
     print("planted-word search:", found)
     assert found["fuse"][0], found
     assert not found["lm_only"][0], found
+    # "pizza" lies far outside the LM's top pool_factor * top_k, so random proposals cannot reach it
+    assert not found["random_proposal"][0], found
     assert found["fuse"][2] < found["lm_only"][2]
+    assert found["fuse"][2] < found["random_proposal"][2]

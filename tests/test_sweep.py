@@ -1,4 +1,5 @@
-"""Sweep summary callback and shard merging (fuse_repro/sweep.py, stage=merge)."""
+"""Sweep summary callback and failed jobs (fuse_repro/sweep.py), shard merging
+(fuse_repro/records.py, stage=merge)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from fuse_repro.data import Item, select_subset
-from fuse_repro.sweep import SweepSummaryCallback, flatten, merge_shards, write_sweep_summary
+from fuse_repro.errors import FuseError
+from fuse_repro.records import merge_captions as merge_shards
+from fuse_repro.sweep import FAILED_JOBS, SweepSummaryCallback, flatten, write_sweep_summary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,7 +141,7 @@ def test_merge_dedupes_and_rejects_conflicts(tmp_path):
                                          r"vs 'a wolf' in .*b.jsonl"):
         merge_shards([a, b], tmp_path / "out2.jsonl")
     assert not (tmp_path / "out2.jsonl").exists()
-    with pytest.raises(FileNotFoundError, match="no shard files match"):
+    with pytest.raises(FuseError, match="no shard files match"):
         merge_shards([str(tmp_path / "nothing*" / "captions.jsonl")], tmp_path / "o.jsonl")
 
 
@@ -210,3 +213,44 @@ def test_real_hydra_multirun_writes_summary(tmp_path):
     rows = _read_csv(tmp_path / "multirun" / "sweep_summary.csv")
     assert [(r["job"], r["override.x"], r["metrics.CIDEr"], r["dataset.name"]) for r in rows] == [
         ("0", "1", "0.1", "tiny"), ("1", "2", "0.2", "tiny")]
+
+
+# ---------------------------------------------------------------------------- wandb names
+
+
+def test_each_multirun_gets_its_own_wandb_group(monkeypatch, tmp_path):
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from fuse_repro.tracking import run_names
+
+    cfg = OmegaConf.create({"experiment_name": "coco", "logger": {"group": "coco"}})
+    assert run_names(cfg, tmp_path / "2024-01-01_00-00-00", "caption") == (
+        "coco", "coco-caption-2024-01-01_00-00-00")  # a single run keeps logger.group
+    job = OmegaConf.create({"mode": RunMode.MULTIRUN, "sweep": {"dir": "/out/multirun/coco/2024-05-06"},
+                            "overrides": {"task": ["search.top_k=32", "seed=1"]}, "job": {"num": 3}})
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: job))
+    assert run_names(cfg, tmp_path / "3", "caption") == (
+        "coco-sweep-2024-05-06", "3: search.top_k=32 seed=1")
+    cfg.logger.group = "my_study"  # an explicit group wins
+    assert run_names(cfg, tmp_path / "3", "caption")[0] == "my_study"
+
+
+def test_failed_jobs_are_named(tmp_path):
+    from fuse_repro.sweep import failed_jobs
+
+    sweep = tmp_path / "sweep"
+    _job(sweep, "0", ["x=1"], {"metrics": {"CIDEr": 0.1}}, run_info={"status": "finished"})
+    _job(sweep, "1", ["x=2"], None, run_info={"status": "failed", "error": "bad x"})
+    _job(sweep, "2", ["x=3"], None, run_info={"status": "running"})
+    _job(sweep, "3", ["x=4"], None)  # no run_info: not a run.py job, not judged
+    assert failed_jobs(sweep) == ["1 (x=2): bad x",
+                                  "2 (x=3): it stopped without recording an end (killed?)"]
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
+    SweepSummaryCallback().on_multirun_end(config=config)
+    assert FAILED_JOBS == failed_jobs(sweep)
+    rows = {r["job"]: r["status"] for r in _read_csv(sweep / "sweep_summary.csv")}
+    assert rows == {"0": "ok", "1": "failed: bad x",
+                    "2": "failed: it stopped without recording an end (killed?)",
+                    "3": "no metrics.json"}

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from fuse_repro.errors import FuseError
 from fuse_repro.tables import (
     PAPER_TABLE1,
     PAPER_TABLE2,
@@ -108,7 +109,8 @@ def test_collect_runs_labels(tree):
 
 def test_tables_markdown_csv_latex(tree, tmp_path):
     summary = build_tables([tree], tmp_path / "tables")
-    assert summary["num_runs"] == 6 and summary["rows"] == {"table1": 1, "table2": 2}
+    assert summary["num_runs"] == 6
+    assert summary["rows"] == {"table1": 1, "table2": 2, "table_coco_text": 0}
     md1 = (tmp_path / "tables" / "table1.md").read_text()
     lines = md1.splitlines()
     assert ("| Method | Source | MS-COCO B-4 | MS-COCO M | MS-COCO C | MS-COCO S | "
@@ -161,11 +163,12 @@ def test_tables_are_deterministic_and_filterable(tree, tmp_path):
                  "table2.csv"]:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     only = build_tables([tree], tmp_path / "c", experiments=["senti_neg"], formats=["md"])
-    assert only["rows"] == {"table1": 0, "table2": 1}
-    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["table1.md", "table2.md"]
+    assert only["rows"] == {"table1": 0, "table2": 1, "table_coco_text": 0}
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
+        "runs.md", "table1.md", "table2.md", "table_coco_text.md"]
     with pytest.raises(ValueError, match=r"unknown table formats \['html'\]"):
         build_tables([tree], tmp_path / "d", formats=["html"])
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FuseError, match="does not exist"):
         build_tables([tmp_path / "nope"], tmp_path / "d")
 
 
@@ -176,6 +179,26 @@ def test_custom_dataset_roles(tree, tmp_path):
     assert "| demo | ours (dddddddd) | – | – | 100.00 | – | – | – |" in md
     with pytest.raises(ValueError, match=r"unknown table.datasets roles \['flickr'\]"):
         build_tables([tree], tmp_path / "t", datasets={"flickr": ["x"]})
+
+
+def test_every_run_found_is_listed_with_why_it_is_left_out(tree, tmp_path):
+    (tree / "broken" / "2024-04-01_00-00-00").mkdir(parents=True)
+    (tree / "broken" / "2024-04-01_00-00-00" / "metrics.json").write_text("{not json")
+    summary = build_tables([tree], tmp_path / "t", experiments=["fuse_coco", "demo"])
+    assert summary["num_runs"] == 7 and summary["num_used"] == 2
+    why = {r["run"]: r["left_out"] for r in summary["runs"]}
+    assert why["outputs/fuse_coco/2024-01-01_00-00-00"] is None
+    assert why["outputs/fuse_coco/2023-12-31_00-00-00"] == (
+        "superseded by outputs/fuse_coco/2024-01-01_00-00-00")
+    assert why["outputs/demo/2024-03-01_00-00-00"].startswith(
+        "dataset 'demo_text_targets' is in no table")
+    assert why["outputs/senti_neg/2024-02-02_00-00-00"] == (
+        "experiment 'senti_neg' not in table.experiments")
+    assert why["outputs/broken/2024-04-01_00-00-00"].startswith("metrics.json is not valid JSON")
+    runs_md = (tmp_path / "t" / "runs.md").read_text()
+    assert runs_md.startswith("**Runs found: 7; in a table: 2; left out: 5**")
+    assert ("| outputs/fuse_coco/2024-01-02_00-00-00/fuse | fuse_coco | fuse | nocaps_val | ours | "
+            "table1 row 'fuse_coco [fuse]' |") in runs_md
 
 
 def test_format_value():
@@ -191,10 +214,10 @@ def test_table_stage(tree, tmp_path):
     cfg.table = OmegaConf.load(REPO / "conf" / "table" / "default.yaml")
     out = tmp_path / "stage_out"
     summary = table_stage.run(cfg, out)
-    assert summary["rows"] == {"table1": 1, "table2": 2}
+    assert summary["rows"] == {"table1": 1, "table2": 2, "table_coco_text": 0}
     assert (out / "table1.md").read_text() == _fresh(tree, tmp_path / "direct", "table1.md")
     cfg.table.bogus = 1
-    with pytest.raises(ValueError, match=r"unknown keys table.\['bogus'\]"):
+    with pytest.raises(ValueError, match=r"unknown key table.bogus"):
         table_stage.run(cfg, out)
 
 

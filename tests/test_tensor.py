@@ -332,6 +332,90 @@ def test_tlstsq_rcond_threshold_on_singular_values():
     torch.testing.assert_close(tlstsq(a, b, rcond=1e-2), tprod(tpinv(a, rcond=1e-2), b))
 
 
+def _spread_spectrum(m: int = 6) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A (m, 2, 4) real tensor whose Fourier slices have the singular values f0 {1, 0.05},
+    f1 {0.2, 1e-3} (complex), f2 {0.5, 0.05}: spread over slices, so only a cutoff relative to
+    the largest over ALL slices is right, and with rcond = 0.1 the singular-value cutoff (keep
+    0.2, drop 0.05) differs from cutting eigenvalues at rcond (would drop 0.2) and from cutting
+    singular values at rcond**2 (would keep 0.05)."""
+    def diag(a: float, b: float) -> torch.Tensor:
+        out = torch.zeros(m, 2, dtype=torch.complex128)
+        out[0, 0], out[1, 1] = a, b
+        return out
+
+    phase = torch.exp(torch.tensor(1j * torch.pi / 3))
+    fourier = [diag(1.0, 0.05), diag(0.2, 1e-3) * phase, diag(0.5, 0.05)]  # (m, 2) each
+    a = torch.fft.irfft(torch.stack(fourier, dim=-1), n=4, dim=-1)  # (m, 2, 4)
+    return a, [torch.fft.rfft(a, dim=-1)[..., f] for f in range(3)]
+
+
+@pytest.mark.parametrize("solver", ["auto", "eigh"])
+def test_rcond_is_a_singular_value_cutoff_over_all_slices(solver):
+    """Bug T3: cutting at rcond instead of rcond**2 (or the reverse). Reference: per Fourier
+    slice, torch.linalg.pinv with atol = rcond * sigma_max over all slices (torch's rule,
+    "singular values <= max(atol, rtol * sigma_1) are zero", with the global sigma_max)."""
+    a, fourier = _spread_spectrum()
+    b = _rand(6, 3, 4, seed=80)
+    bh = torch.fft.rfft(b, dim=-1)
+    sigma_max = max(float(torch.linalg.svdvals(af).max()) for af in fourier)
+    assert sigma_max == pytest.approx(1.0)
+    for rcond, kept in [(0.1, 4), (1e-2, 6), (1e-4, 8)]:
+        ref = torch.stack([torch.linalg.pinv(af, atol=rcond * sigma_max, rtol=0.0) @ bh[..., f]
+                           for f, af in enumerate(fourier)], dim=-1)  # (2, 3, F)
+        expect = torch.fft.irfft(ref, n=4, dim=-1)  # (2, 3, 4)
+        got = tlstsq(a, b, rcond=rcond, solver=solver)
+        torch.testing.assert_close(got, expect, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(tpinv(a, rcond=rcond), torch.fft.irfft(torch.stack(
+            [torch.linalg.pinv(af, atol=rcond * sigma_max, rtol=0.0) for af in fourier], dim=-1),
+            n=4, dim=-1), rtol=1e-9, atol=1e-9)
+        # the number of singular values kept, counted the same way (f1 counts twice: f and p-f)
+        count = sum((1 if f in (0, 2) else 2) * int((torch.linalg.svdvals(af) > rcond * sigma_max).sum())
+                    for f, af in enumerate(fourier))
+        assert count == kept, (rcond, count)
+
+
+def test_auto_solver_uses_cholesky_only_when_certified(monkeypatch):
+    import fuse_repro.tensor as tensor_mod
+
+    well = (_rand(200, 16, 4, seed=81), _rand(200, 8, 4, seed=82))
+    deficient = (_low_rank(20, 6, 4, r=3, seed=38), _rand(20, 2, 4, seed=40))
+    eigh_calls = []
+    real_eigh = tensor_mod._solve_eigh
+    monkeypatch.setattr(tensor_mod, "_solve_eigh", lambda *a: eigh_calls.append(1) or real_eigh(*a))
+    for a, b in (well, deficient):
+        eigh_calls.clear()
+        auto = tlstsq(a, b)
+        used_eigh = bool(eigh_calls)
+        torch.testing.assert_close(auto, tlstsq(a, b, solver="eigh"), rtol=1e-12, atol=1e-12)
+        assert used_eigh is (a is deficient[0])  # rank-deficient: the cutoff matters, eigh runs
+    # float32 data accumulated in float64: the fast path agrees with the eigh path
+    a32, b32 = well[0].float(), well[1].float()
+    x = tlstsq(a32, b32, accum_dtype=torch.float64)
+    torch.testing.assert_close(x, tlstsq(a32, b32, accum_dtype=torch.float64, solver="eigh"),
+                               rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="solver"):
+        tlstsq(a32, b32, solver="qr")
+
+
+def test_gram_paths_agree_and_are_symmetric():
+    from fuse_repro.tensor import _gram
+
+    x = _rand(50, 7, seed=83)
+    g = _gram(x)  # CPU, one matrix: numpy's syrk
+    assert torch.equal(g, g.T)
+    torch.testing.assert_close(g, x.T @ x, rtol=1e-13, atol=1e-13)
+    batched = _gram(x.expand(2, 50, 7))  # batched: torch
+    torch.testing.assert_close(batched[1], x.T @ x, rtol=1e-13, atol=1e-13)
+    assert torch.equal(batched, batched.mT)
+
+
+def test_tlstsq_on_the_meta_device_keeps_the_device():
+    a = torch.empty(20, 4, 3, device="meta")
+    b = torch.empty(20, 2, 3, device="meta")
+    x = tlstsq(a, b)
+    assert x.device.type == "meta" and x.shape == (4, 2, 3)
+
+
 # --------------------------------------------------------------------------------------------
 # validation
 

@@ -1,15 +1,18 @@
 """stage=caption: optimize a caption for every item of a dataset and write ``captions.jsonl``.
 
 Each finished item is appended (and fsynced) at once, so a crash loses at most the item in
-flight; a rerun into the same folder (``hydra.run.dir=<that folder>``) skips finished ids. An item
-that fails (unreadable image, no target text) is logged to ``errors.jsonl`` and the run goes on.
+flight; a rerun into the same folder (``hydra.run.dir=<that folder>``) skips finished ids. The
+folder records the config fields that determine its captions (``captions_config.json``): a rerun
+with other settings is refused, naming the differing keys, unless ``resume=force`` (then every
+caption line carries its config hash). An item that fails (unreadable image, no target text) is
+logged to ``errors.jsonl`` and the run goes on.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,15 +20,38 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from fuse_repro.adapter import Bridge, fit_adapter
-from fuse_repro.app import resolve_device
-from fuse_repro.config import AdapterConfig, SearchConfig, typed, validate_adapter, validate_search
+from fuse_repro.adapter import fit_adapter
+from fuse_repro.bridge import Bridge
+from fuse_repro.config import AdapterConfig, ModelConfig, SearchConfig, convert
+from fuse_repro.errors import ConfigError
 from fuse_repro.models import load_model
-from fuse_repro.objectives import ObjectiveError, SecondaryObjective, build_objective, check_weights
+from fuse_repro.objectives import OBJECTIVES, ObjectiveError, SecondaryObjective, build_objective
+from fuse_repro.provenance import check_provenance, results_fields
+from fuse_repro.records import (
+    CAPTIONS_NAME,
+    append_caption,
+    append_jsonl,
+    clean_captions,
+)
+from fuse_repro.runtime import resolve_device
 from fuse_repro.search import encode_prefix, timed_search
 from fuse_repro.tracking import Tracker, open_tracker
 
 log = logging.getLogger(__name__)
+
+# What a sweep over caption runs optimizes: the mean total objective of the captions (lower).
+OPTIMIZED_METRIC = "objective"
+
+# Objectives an item without the thing an objective needs can use instead, for the error line.
+_NEEDS_HINT = {
+    "target": "a dataset with target texts (dataset=demo_text_targets, coco_text_targets or "
+              "text_targets)",
+    "image": "a dataset with images (dataset=image_folder, coco_karpathy, ...)",
+}
+_FOR_ITEMS = {
+    "image": "objective=clip (CLIP image similarity) or objective=clip_sentiment",
+    "target": "objective=text_similarity",
+}
 
 
 @dataclass
@@ -43,10 +69,9 @@ def build_captioner(
 ) -> Captioner:
     """Load the primary model and every secondary model, and fit (or load) one adapter per
     secondary. Models shared by several terms are loaded once."""
+    objective = convert(objective_cfg)  # weights checked before any model loads
     primary = load_model(source_cfg, cache_dir=cache_dir, device=device)
     terms = objective_cfg.get("terms") or {}
-    weights = {name: float(term.weight) for name, term in terms.items()}
-    check_weights(float(objective_cfg.lm_weight), weights)
     loaded: dict[str, Any] = {}
     objectives, keys = [], {}
     for name, term in terms.items():
@@ -57,46 +82,69 @@ def build_captioner(
         model = loaded[model_key]
         adapter = fit_adapter(primary, model, adapter_cfg, cache_dir)
         bridge = Bridge(primary, model, adapter, overflow=adapter_cfg.overflow, seed=adapter_cfg.seed)
-        extra = {k: v for k, v in term.items() if k not in ("kind", "weight", "model")}
+        extra = {k: v for k, v in term.items() if k not in ("kind", "weight", "model")
+                 and v is not None}
         obj = build_objective(str(term.kind), model, bridge, float(term.weight), **extra)
         obj.name = str(name)
         objectives.append(obj)
         keys[str(name)] = adapter.key
-    return Captioner(primary, objectives, float(objective_cfg.lm_weight), keys)
+    return Captioner(primary, objectives, float(objective.lm_weight), keys)
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSONL file; a torn last line (a crash mid-write) is dropped with a warning."""
-    if not path.exists():
-        return []
-    records = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):
-                log.warning("%s: dropping a torn last line (interrupted write)", path)
-                continue
-            raise ValueError(f"{path}:{number} is not valid JSON") from None
-    return records
+# --------------------------------------------------------------------------------------------
+# config-only checks (before any model loads)
+
+_ITEMS: dict[str, list[Any]] = {}
 
 
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one record and fsync, so a crash cannot lose a finished item."""
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+def dataset_items(cfg: DictConfig) -> list[Any]:
+    """The dataset's items, read once per run (the check reads them; run() reuses them)."""
+    from fuse_repro.data import load_dataset
+
+    node = OmegaConf.to_container(cfg.dataset, resolve=True)
+    key = json.dumps(node, sort_keys=True, default=str)
+    if key not in _ITEMS:
+        items = load_dataset(cfg.dataset)
+        if not items:
+            raise ConfigError(f"dataset {cfg.dataset.get('name')!r} has no items (check "
+                              "dataset.subset and the annotation file)")
+        _ITEMS.clear()
+        _ITEMS[key] = items
+    return _ITEMS[key]
 
 
-def rewrite_clean(path: Path, records: list[dict[str, Any]]) -> None:
-    """Rewrite a JSONL file without a torn tail before appending to it."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    tmp.replace(path)
+def check_objective_fits_dataset(objective_cfg: Any, items: list[Any], dataset: str) -> None:
+    """Every term's objective can be prepared for the dataset's items: a text-similarity term
+    needs target texts, a CLIP term images. Fails before any model loads, naming what works."""
+    terms = objective_cfg.get("terms") or {}
+    for name, term in terms.items():
+        kind = str(term.get("kind"))
+        if kind not in OBJECTIVES:
+            raise ConfigError(f"objective.terms.{name}.kind={kind!r} is not an objective; known: "
+                              f"{sorted(OBJECTIVES)}")
+        needs = getattr(OBJECTIVES[kind], "needs", None)
+        attr = {"target": "target", "image": "has_image"}.get(needs or "")
+        if attr and not any(getattr(it, attr, None) for it in items):
+            have = [k for k, a in (("image", "has_image"), ("target", "target"))
+                    if any(getattr(it, a, None) for it in items)]
+            instead = " or ".join(_FOR_ITEMS[k] for k in have) or "an objective it can serve"
+            raise ConfigError(
+                f"objective term {name!r} (kind {kind}) needs items with {needs}s, but dataset "
+                f"{dataset!r} has none; use {instead}, or {_NEEDS_HINT[needs]}")
+
+
+def check(cfg: DictConfig) -> None:
+    """Config-only validation of a caption run (pipeline uses it too)."""
+    convert(cfg.source, ModelConfig)
+    convert(cfg.adapter)
+    convert(cfg.search)
+    convert(cfg.objective)
+    items = dataset_items(cfg)
+    check_objective_fits_dataset(cfg.objective, items, str(cfg.dataset.get("name")))
+
+
+# --------------------------------------------------------------------------------------------
+# captioning
 
 
 def caption_items(
@@ -107,15 +155,18 @@ def caption_items(
     out_dir: Path,
     tracker: Tracker | None = None,
     desc: str = "caption",
+    *,
+    fields: Mapping[str, Any] | None = None,
+    resume: str = "check",
 ) -> list[dict[str, Any]]:
     """Caption every item not yet in ``out_dir/captions.jsonl``; returns all records, in the
-    dataset's order."""
-    validate_search(search_cfg)
+    dataset's order. ``fields`` (``records.results_fields``) are recorded and checked against
+    what the folder holds; ``resume=force`` mixes settings, stamping each line's config hash."""
     encode_prefix(captioner.primary, search_cfg.prefix)  # a bad prefix fails the run, not each item
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "captions.jsonl"
-    done = read_jsonl(path)
-    rewrite_clean(path, done)
+    stamp = check_provenance(out_dir, fields, resume) if fields is not None else None
+    path = out_dir / CAPTIONS_NAME
+    done = clean_captions(path)
     finished = {r["id"] for r in done}
     if finished:
         log.info("resuming %s: %d of %d items already captioned", path, len(finished), len(items))
@@ -142,7 +193,9 @@ def caption_items(
             "history": result.history,
             "seconds": round(seconds, 3),
         }
-        append_jsonl(path, record)
+        if stamp is not None:
+            record["config_hash"] = stamp
+        append_caption(path, record)
         done.append(record)
         if tracker is not None and tracker.active:
             tracker.log({f"{search_cfg.method}/{k}": v for k, v in result.losses.items()})
@@ -168,20 +221,21 @@ def _item_view(item: Any) -> Any:
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    from fuse_repro.data import load_dataset
-
-    adapter_cfg = validate_adapter(typed(cfg.adapter, AdapterConfig))
-    search_cfg = validate_search(typed(cfg.search, SearchConfig))
+    check(cfg)
+    adapter_cfg = convert(cfg.adapter)
+    search_cfg = convert(cfg.search)
     device = resolve_device(cfg.device)
-    items = load_dataset(cfg.dataset)
-    if not items:
-        raise ValueError(f"dataset {cfg.dataset.get('name')} has no items to caption")
+    items = dataset_items(cfg)
+    fields = results_fields(cfg)
+    resume = str(cfg.get("resume") or "check")
+    check_provenance(out_dir, fields, resume)  # refuse a mismatched resume before loading models
     captioner = build_captioner(cfg.source, cfg.objective, adapter_cfg, Path(cfg.paths.cache_dir), device)
     with open_tracker(cfg, out_dir, "caption", {"adapter_keys": captioner.adapter_keys}) as tracker:
-        records = caption_items(items, captioner, search_cfg, int(cfg.seed), out_dir, tracker)
+        records = caption_items(items, captioner, search_cfg, int(cfg.seed), out_dir, tracker,
+                                fields=fields, resume=resume)
         if not records:
             raise RuntimeError(f"no item could be captioned (see {out_dir / 'errors.jsonl'})")
         mean_total = sum(r["losses"]["total"] for r in records) / max(len(records), 1)
         tracker.summary({"captions": len(records), "mean_total_loss": mean_total})
-    print(f"{len(records)} captions in {out_dir / 'captions.jsonl'}")
+    print(f"{len(records)} captions in {out_dir / CAPTIONS_NAME}")
     return {"captions": len(records), "objective": mean_total, "adapter_keys": captioner.adapter_keys}

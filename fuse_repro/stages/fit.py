@@ -9,22 +9,37 @@ from typing import Any
 from omegaconf import DictConfig
 
 from fuse_repro.adapter import fit_adapter, format_report
-from fuse_repro.app import resolve_device
-from fuse_repro.config import AdapterConfig, typed, validate_adapter, write_json
+from fuse_repro.config import ModelConfig, convert
 from fuse_repro.models import load_model
+from fuse_repro.records import write_json
+from fuse_repro.runtime import resolve_device
 from fuse_repro.tracking import open_tracker
 
 log = logging.getLogger(__name__)
 
 
+# What a sweep over the fit optimizes: the mean held-out relative residual over the buckets.
+OPTIMIZED_METRIC = "heldout_residual"
+
+
+def check(cfg: DictConfig) -> None:
+    """Config-only checks: both models' configs and the adapter settings."""
+    convert(cfg.source, ModelConfig)
+    convert(cfg.target, ModelConfig)
+    convert(cfg.adapter)
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    adapter_cfg = validate_adapter(typed(cfg.adapter, AdapterConfig))
+    adapter_cfg = convert(cfg.adapter)
     device = resolve_device(cfg.device)
     cache_dir = Path(cfg.paths.cache_dir)
     source = load_model(cfg.source, cache_dir=cache_dir, device=device)
     target = load_model(cfg.target, cache_dir=cache_dir, device=device)
     adapter = fit_adapter(source, target, adapter_cfg, cache_dir)
+    held = [row["residual_heldout"] for row in adapter.report.get("buckets", [])
+            if row.get("residual_heldout") is not None]
     summary = {
+        "heldout_residual": sum(held) / len(held) if held else None,
         "adapter_key": adapter.key,
         "adapter_kind": adapter.kind,
         "adapter_path": str(adapter.path) if adapter.path else None,

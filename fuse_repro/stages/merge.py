@@ -1,4 +1,7 @@
-"""stage=merge: join the captions.jsonl files of dataset shards into one captions.jsonl."""
+"""stage=merge: join the captions.jsonl files of dataset shards into one captions.jsonl.
+
+Shards made with different settings (their recorded config hashes differ) are refused.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +9,33 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from fuse_repro.sweep import merge_shards
+from fuse_repro.config import MergeConfig, convert
+from fuse_repro.errors import ConfigError
+from fuse_repro.records import merge_captions
 
 log = logging.getLogger(__name__)
 
+# Merging returns nothing a sweeper could optimize.
+OPTIMIZED_METRIC = None
+
+
+def _inputs(cfg: DictConfig) -> tuple[list[str], str | None]:
+    merge = convert(cfg.merge, MergeConfig)
+    if not merge.inputs:
+        raise ConfigError("merge.inputs is empty: list shard captions.jsonl files, shard run "
+                          "folders or glob patterns (e.g. 'outputs/multirun/x/*/*')")
+    return [str(i) for i in merge.inputs], merge.output
+
+
+def check(cfg: DictConfig) -> None:
+    _inputs(cfg)
+
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    node = OmegaConf.to_container(cfg.merge, resolve=True)
-    assert isinstance(node, dict)
-    unknown = sorted(set(node) - {"inputs", "output"})
-    if unknown:
-        raise ValueError(f"unknown keys merge.{unknown}; known: ['inputs', 'output']")
-    inputs = node.get("inputs") or []
-    if isinstance(inputs, str):
-        inputs = [inputs]
-    if not inputs:
-        raise ValueError("merge.inputs is empty: list shard captions.jsonl files, shard run "
-                         "folders or glob patterns (e.g. 'outputs/multirun/x/*/*')")
-    output = Path(node["output"]) if node.get("output") else Path(out_dir) / "captions.jsonl"
-    rows = merge_shards(inputs, output)
+    inputs, output_node = _inputs(cfg)
+    output = Path(output_node) if output_node else Path(out_dir) / "captions.jsonl"
+    rows = merge_captions(inputs, output)
     log.info("merged %d captions into %s", len(rows), output)
     return {"output": str(output), "num_captions": len(rows)}

@@ -16,17 +16,16 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from fuse_repro.app import resolve_device
-from fuse_repro.config import (
-    AdapterConfig,
-    SearchConfig,
-    run_config_hash,
-    typed,
-    validate_adapter,
-    validate_search,
+from fuse_repro.config import convert, run_config_hash
+from fuse_repro.provenance import check_provenance, results_fields
+from fuse_repro.records import (
+    CAPTIONS_NAME,
     write_json,
+    write_run_info,
 )
-from fuse_repro.stages.caption import build_captioner, caption_items
+from fuse_repro.runtime import resolve_device
+from fuse_repro.stages import caption
+from fuse_repro.stages.caption import build_captioner, caption_items, dataset_items
 from fuse_repro.tracking import open_tracker
 
 log = logging.getLogger(__name__)
@@ -41,13 +40,25 @@ COLUMNS = [
 ]
 
 
-def objective_means(records: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean of every loss term over the captions (plus similarity = 1 - loss where it applies)."""
+# What a sweep over the pipeline optimizes: the fuse method's mean total objective (lower).
+OPTIMIZED_METRIC = "objective"
+
+
+def cosine_terms(objectives: list[Any]) -> list[str]:
+    """Names of the terms whose objective declares a "cosine" metric (loss = 1 - cos)."""
+    return [o.name for o in objectives if "cosine" in getattr(o, "metrics", ())]
+
+
+def objective_means(
+    records: list[dict[str, Any]], cosine: list[str] | None = None
+) -> dict[str, float]:
+    """Mean of every loss term over the captions, plus ``mean_cos_<term>`` = 1 - mean loss for
+    each term in ``cosine`` (the terms whose objective declares a cosine metric)."""
     keys = sorted({k for r in records for k in r["losses"]})
     out = {f"mean_{k}": sum(r["losses"][k] for r in records) / len(records) for k in keys}
-    for key in list(out):
-        if key.endswith("similarity") or key == "mean_clip":
-            out[key.replace("mean_", "mean_cos_")] = 1.0 - out[key]
+    for name in cosine or ():
+        if f"mean_{name}" in out:
+            out[f"mean_cos_{name}"] = 1.0 - out[f"mean_{name}"]
     return out
 
 
@@ -123,42 +134,52 @@ def plot_curves(curves: dict[str, dict[str, list[float]]], similarity: str | Non
     return out_path
 
 
+def check(cfg: DictConfig) -> None:
+    """Config-only validation: the caption checks, and every method name of pipeline.methods."""
+    caption.check(cfg)
+    search_cfg = convert(cfg.search)
+    for method in convert(cfg.pipeline).methods:
+        dataclasses.replace(search_cfg, method=method)  # SearchConfig checks the method name
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    from fuse_repro.data import load_dataset
     from fuse_repro.scoring import ScoringOptions, score_captions_file
 
-    adapter_cfg = validate_adapter(typed(cfg.adapter, AdapterConfig))
-    search_cfg = validate_search(typed(cfg.search, SearchConfig))
-    methods = list(cfg.pipeline.methods)
-    for method in methods:
-        validate_search(dataclasses.replace(search_cfg, method=method))
+    check(cfg)
+    adapter_cfg = convert(cfg.adapter)
+    search_cfg = convert(cfg.search)
+    methods = convert(cfg.pipeline).methods
     device = resolve_device(cfg.device)
-    items = load_dataset(cfg.dataset)
-    if not items:
-        raise ValueError(f"dataset {cfg.dataset.get('name')} has no items")
-    captioner = build_captioner(cfg.source, cfg.objective, adapter_cfg, Path(cfg.paths.cache_dir), device)
-    similarity = next((o.name for o in captioner.objectives if o.name.endswith("similarity")), None)
+    items = dataset_items(cfg)
     options = ScoringOptions.from_config(cfg.scoring)
+    resume = str(cfg.get("resume") or "check")
+    fields = {m: results_fields(cfg, method=m) for m in methods}
+    for method in methods:  # refuse a mismatched resume before loading models
+        check_provenance(out_dir / method, fields[method], resume)
+    captioner = build_captioner(cfg.source, cfg.objective, adapter_cfg, Path(cfg.paths.cache_dir), device)
+    cosine = cosine_terms(captioner.objectives)
+    similarity = cosine[0] if cosine else None
     rows, curves = [], {}
     with open_tracker(cfg, out_dir, "pipeline", {"adapter_keys": captioner.adapter_keys}) as tracker:
         for method in methods:
             method_dir = out_dir / method
             method_cfg = dataclasses.replace(search_cfg, method=method)
-            records = caption_items(items, captioner, method_cfg, int(cfg.seed), method_dir, tracker, desc=method)
+            records = caption_items(items, captioner, method_cfg, int(cfg.seed), method_dir, tracker,
+                                    desc=method, fields=fields[method], resume=resume)
             if not records:
                 raise RuntimeError(f"{method}: no item could be captioned (see {method_dir / 'errors.jsonl'})")
             captioned = {r["id"] for r in records}
             scored_items = [it for it in items if it.id in captioned]
             metrics = score_captions_file(
-                method_dir / "captions.jsonl",
+                method_dir / CAPTIONS_NAME,
                 scored_items,
                 dataclasses.replace(options, method=method),
                 dataset={"name": cfg.dataset.get("name"), "format": cfg.dataset.get("format")},
             )
-            means = objective_means(records)
+            means = objective_means(records, cosine)
             write_json(method_dir / "objective.json", means)
             # Labels for stage=table: one row per (experiment, method) with the run's hash.
-            write_json(method_dir / "run_info.json", {
+            write_run_info(method_dir, {
                 "experiment": cfg.get("experiment_name", "default"),
                 "config_hash": run_config_hash(cfg),
                 "method": method,

@@ -1,10 +1,4 @@
-"""Evaluation dataset readers: every format becomes one list of :class:`Item`.
-
-The captioner, the scorer and the shard merger all speak ``Item``, so a dataset's file format
-matters only here. Readers check the structure they rely on and fail with a :class:`DatasetError`
-that names the file, says what was expected and where the official copy is published: the
-most common failure is a missing or wrong annotation file, and a bare ``KeyError`` deep in the
-scorer would not say which one.
+"""One reader per dataset file format; each returns a list of :class:`Item`.
 
 Formats (``dataset.format`` in the config):
 
@@ -20,157 +14,28 @@ Formats (``dataset.format`` in the config):
 - ``image_folder``: images only, no references.
 - ``text_targets``: a JSON list of ``{id, target, references?}`` for the text-similarity
   objective.
+- ``synthetic_images`` (fuse_repro.data.synthetic): seeded generated images, no files.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
-import json
-import logging
-import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-log = logging.getLogger(__name__)
-
-SENTIMENTS = ("positive", "negative")
-NOCAPS_DOMAINS = ("in-domain", "near-domain", "out-domain")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-SUBSET_MODES = ("all", "first", "sample", "shard")
-
-# Where the official copies live, quoted in every error so a user knows what to fetch.
-SOURCES = {
-    "karpathy": (
-        "Karpathy's splits: https://cs.stanford.edu/people/karpathy/deepimagesent/"
-        "caption_datasets.zip (dataset_coco.json); COCO val2014 images: "
-        "http://images.cocodataset.org/zips/val2014.zip"
-    ),
-    "coco_captions": (
-        "COCO caption format; Karpathy test references are in "
-        "https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip and "
-        "http://images.cocodataset.org/annotations/annotations_trainval2014.zip"
-    ),
-    "nocaps": (
-        "NoCaps: https://nocaps.s3.amazonaws.com/nocaps_val_4500_captions.json, images via "
-        "https://nocaps.org/download"
-    ),
-    "nocaps_corpus": (
-        "NoCaps corpus format: RajGothi/Visual-Entities-Empowered-Zero-Shot-Image-to-Text-"
-        "Generation-Transfer-Across-Domains, annotations/nocaps/ (official: "
-        "https://nocaps.s3.amazonaws.com/nocaps_val_4500_captions.json)"
-    ),
-    "senticap": (
-        "SentiCap: http://users.cecs.anu.edu.au/~u4534172/senticap.html "
-        "(senticap_dataset.json); images are COCO val2014"
-    ),
-    "embedded_refs": (
-        "a results file with embedded references, e.g. yxuansu/MAGIC "
-        "image_captioning/inference_result/mscoco/"
-    ),
-    "image_folder": "any folder of images",
-    "text_targets": 'a JSON list you write: [{"id": ..., "target": ..., "references": [...]}]',
-}
-
-
-class DatasetError(ValueError):
-    """A dataset file or dataset config is missing or malformed."""
-
-
-@dataclass
-class Item:
-    """One evaluation example.
-
-    ``references`` are the texts a caption is scored against (already restricted to the wanted
-    sentiment for SentiCap); ``target`` is the text the text-similarity objective aims at.
-    """
-
-    id: str
-    image_path: str | None = None
-    target: str | None = None
-    references: list[str] = field(default_factory=list)
-    sentiment: str | None = None
-    domain: str | None = None
-
-
-def id_sort_key(item_id: str) -> tuple[int, int, str]:
-    """Sort key that orders numeric ids numerically ("9" < "10") and others as text after them.
-
-    Used wherever outputs are sorted by id, so merged shards and per-caption files diff cleanly.
-    """
-    text = str(item_id)
-    if text.isdigit():
-        return (0, int(text), text)
-    return (1, 0, text)
-
-
-# --------------------------------------------------------------------------------------------
-# helpers
-
-
-def _fail(path: Path | str, expected: str, fmt: str, problem: str) -> DatasetError:
-    return DatasetError(
-        f"{problem} in dataset file {str(path)!r}: expected {expected}. "
-        f"Official copy: {SOURCES[fmt]}."
-    )
-
-
-def _load_json(path: str | Path, fmt: str, expected: str) -> Any:
-    """Read a JSON file, turning a missing file or bad JSON into a DatasetError naming it."""
-    p = Path(path)
-    if not p.is_file():
-        raise DatasetError(
-            f"dataset file {str(p)!r} not found (format {fmt!r}; expected {expected}). "
-            f"Official copy: {SOURCES[fmt]}. Set the path in the dataset config "
-            f"(paths are under paths.data_dir, env FUSE_DATA_DIR)."
-        )
-    try:
-        with p.open(encoding="utf-8") as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise _fail(p, expected, fmt, f"invalid JSON ({exc})") from exc
-
-
-def _require(cond: bool, path: Path | str, expected: str, fmt: str, problem: str) -> None:
-    if not cond:
-        raise _fail(path, expected, fmt, problem)
-
-
-def _image_path(image_dir: str | Path | None, file_name: str | None) -> str | None:
-    if image_dir is None or file_name is None:
-        return None
-    return str(Path(image_dir) / file_name)
-
-
-def _coco_id_from_filename(name: str) -> str | None:
-    """``COCO_val2014_000000391895.jpg`` -> ``"391895"`` (None when the name has no number)."""
-    match = re.search(r"(\d+)\.[A-Za-z]+$", name)
-    if match is None:
-        return None
-    return str(int(match.group(1)))
-
-
-def _check_unique(items: list[Item], path: Path | str, fmt: str) -> list[Item]:
-    seen: set[str] = set()
-    for item in items:
-        if item.id in seen:
-            raise _fail(path, "unique item ids", fmt, f"duplicate id {item.id!r}")
-        seen.add(item.id)
-    return items
-
-
-def _check_sentiment(sentiment: str | None) -> str | None:
-    if sentiment is None:
-        return None
-    value = str(sentiment).lower()
-    if value not in SENTIMENTS:
-        raise DatasetError(f"sentiment must be one of {SENTIMENTS} or null, got {sentiment!r}")
-    return value
-
+from fuse_repro.data.items import (
+    IMAGE_EXTENSIONS,
+    NOCAPS_DOMAINS,
+    DatasetError,
+    Item,
+    _check_sentiment,
+    _check_unique,
+    _coco_id_from_filename,
+    _fail,
+    _image_path,
+    _load_json,
+    _require,
+)
+from fuse_repro.records import id_sort_key
 
 # --------------------------------------------------------------------------------------------
 # readers, one per format
@@ -424,158 +289,3 @@ def read_text_targets(path: str | Path) -> list[Item]:
     return _check_unique(items, path, fmt)
 
 
-# --------------------------------------------------------------------------------------------
-# subsets
-
-
-def select_subset(
-    items: Sequence[Item],
-    mode: str = "all",
-    n: int | None = None,
-    seed: int | None = None,
-    index: int | None = None,
-    count: int | None = None,
-) -> list[Item]:
-    """Pick the items a run works on.
-
-    - ``all``: everything;
-    - ``first``: the first ``n`` (all when ``n`` exceeds the size);
-    - ``sample``: ``n`` items drawn without replacement by ``numpy.random.default_rng(seed)``,
-      returned in dataset order so the same seed always yields the same list;
-    - ``shard``: block ``index`` of ``count`` near-equal contiguous blocks; the shards of one
-      ``count`` partition the set, so captioning them separately and merging equals one run.
-    """
-    items = list(items)
-    if mode not in SUBSET_MODES:
-        raise DatasetError(f"subset.mode must be one of {SUBSET_MODES}, got {mode!r}")
-    if mode == "all":
-        return items
-    if mode in ("first", "sample"):
-        if n is None or isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise DatasetError(f"subset.mode={mode} needs subset.n >= 1, got n={n!r}")
-        if mode == "first":
-            return items[:n]
-        if seed is None:
-            raise DatasetError("subset.mode=sample needs subset.seed (an int), got null")
-        if n >= len(items):
-            return items
-        rng = np.random.default_rng(seed)
-        chosen = np.sort(rng.choice(len(items), size=n, replace=False))
-        return [items[int(i)] for i in chosen]
-    # shard
-    if count is None or isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise DatasetError(f"subset.mode=shard needs subset.count >= 1, got count={count!r}")
-    if index is None or isinstance(index, bool) or not isinstance(index, int) \
-            or not 0 <= index < count:
-        raise DatasetError(
-            f"subset.mode=shard needs 0 <= subset.index < count={count}, got index={index!r}"
-        )
-    size, extra = divmod(len(items), count)
-    start = index * size + min(index, extra)
-    stop = start + size + (1 if index < extra else 0)
-    return items[start:stop]
-
-
-# --------------------------------------------------------------------------------------------
-# config entry point
-
-_KNOWN_KEYS = {"name", "format", "annotations", "image_dir", "split", "sentiment",
-               "require_images", "subset", "target_from_references"}
-
-
-def targets_from_references(items: Sequence[Item]) -> list[Item]:
-    """Turn captioned images into text targets: each item's first human caption becomes the
-    target text and the others stay as references (our offline stand-in for image captioning:
-    the text-similarity objective pulls towards one human caption, the metrics compare with
-    the rest). Items with fewer than two captions cannot serve and raise an error."""
-    out = []
-    for it in items:
-        if len(it.references) < 2:
-            raise DatasetError(
-                f"item {it.id!r} has {len(it.references)} caption(s); target_from_references needs "
-                "at least two (one target, the rest references)"
-            )
-        out.append(dataclasses.replace(it, target=it.references[0], references=list(it.references[1:])))
-    return out
-_SUBSET_KEYS = {"mode", "n", "seed", "index", "count"}
-
-
-def _as_dict(node: Any) -> dict[str, Any]:
-    if isinstance(node, Mapping):
-        return dict(node)
-    try:  # a DictConfig: resolve interpolations (paths.data_dir, seed) into plain values
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(node, DictConfig):
-            return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    raise DatasetError(f"dataset config must be a mapping, got {type(node).__name__}")
-
-
-def _need(cfg: Mapping[str, Any], key: str, fmt: str) -> Any:
-    value = cfg.get(key)
-    if value in (None, ""):
-        raise DatasetError(f"dataset format {fmt!r} needs dataset.{key} (got {value!r})")
-    return value
-
-
-_READERS: dict[str, Callable[[Mapping[str, Any]], list[Item]]] = {
-    "karpathy": lambda c: read_karpathy(_need(c, "annotations", "karpathy"), c.get("image_dir"),
-                                        c.get("split") or "test"),
-    "coco_captions": lambda c: read_coco_captions(_need(c, "annotations", "coco_captions"),
-                                                  c.get("image_dir"), c.get("sentiment")),
-    "nocaps": lambda c: read_nocaps(_need(c, "annotations", "nocaps"), c.get("image_dir")),
-    "nocaps_corpus": lambda c: read_nocaps_corpus(_need(c, "annotations", "nocaps_corpus"),
-                                                  c.get("image_dir")),
-    "senticap": lambda c: read_senticap(_need(c, "annotations", "senticap"),
-                                        _need(c, "sentiment", "senticap"), c.get("image_dir"),
-                                        c.get("split") or "test"),
-    "embedded_refs": lambda c: read_embedded_refs(_need(c, "annotations", "embedded_refs"),
-                                                  c.get("image_dir")),
-    "image_folder": lambda c: read_image_folder(_need(c, "image_dir", "image_folder")),
-    "text_targets": lambda c: read_text_targets(_need(c, "annotations", "text_targets")),
-}
-FORMATS = tuple(sorted(_READERS))
-
-
-def check_images(items: Sequence[Item], limit: int = 5) -> None:
-    """Raise a DatasetError naming the first missing image files (captioning needs them)."""
-    missing = [it for it in items if it.image_path is None or not Path(it.image_path).is_file()]
-    if missing:
-        shown = ", ".join(f"{it.id}: {it.image_path!r}" for it in missing[:limit])
-        raise DatasetError(
-            f"{len(missing)} of {len(items)} items have no readable image file ({shown}"
-            f"{', ...' if len(missing) > limit else ''}); set dataset.image_dir"
-        )
-
-
-def load_dataset(cfg_dataset: Any) -> list[Item]:
-    """Read the dataset named by a ``dataset`` config node and apply its ``subset``.
-
-    Accepts a DictConfig or a plain mapping with ``name``, ``format``, ``annotations``,
-    ``image_dir``, ``split``, ``sentiment``, ``require_images`` and a
-    ``subset: {mode, n, seed, index, count}`` block.
-    """
-    cfg = _as_dict(cfg_dataset)
-    fmt = cfg.get("format")
-    if fmt not in _READERS:
-        raise DatasetError(f"dataset.format must be one of {FORMATS}, got {fmt!r}")
-    unknown = sorted(set(cfg) - _KNOWN_KEYS)
-    if unknown:
-        log.warning("dataset %r: ignoring unknown keys %s", cfg.get("name"), unknown)
-    subset = cfg.get("subset") or {}
-    if not isinstance(subset, Mapping):
-        raise DatasetError(f"dataset.subset must be a mapping, got {subset!r}")
-    bad = sorted(set(subset) - _SUBSET_KEYS)
-    if bad:
-        raise DatasetError(f"dataset.subset has unknown keys {bad}; known: {sorted(_SUBSET_KEYS)}")
-    items = _READERS[fmt](cfg)
-    items = select_subset(items, mode=subset.get("mode") or "all", n=subset.get("n"),
-                          seed=subset.get("seed"), index=subset.get("index"),
-                          count=subset.get("count"))
-    if cfg.get("target_from_references"):
-        items = targets_from_references(items)
-    if cfg.get("require_images"):
-        check_images(items)
-    return items

@@ -1,0 +1,357 @@
+"""The differentiable bridge from a primary model's input embeddings to a secondary model's.
+
+Forward is exact: decode the primary ids, retokenize the text for the secondary model, look up
+its embeddings. Backward is the adjoint of the fitted per-word linear model of
+``fuse_repro.adapter``: for a word with ``l`` target tokens and ``l_i <= D_l`` source tokens,
+``g_i = g_j * M_l^T`` (t-product, ``fuse_repro.tensor``), batched per bucket.
+
+Shape glossary
+--------------
+B      batch of sequences
+S_i    source (primary) sequence length; S_j target (secondary) sequence length, specials included
+d_i    source embedding width; d_j target embedding width
+L      cap on a word's target token count (``adapter.max_tokens``)
+l      a word's target token count (its bucket), 1..L; l_i its source token count
+D      depth of the bucket's map (``M_l`` is (d_i, d_j, D), D >= l); D_l for bucket l
+n      words of one bucket inside a batch during backward
+
+Which path a word's gradient takes (``Bridge.word_paths``; the same rule as the backward):
+
+* ``fitted``   its target length l has a map and its source length fits the map: l_i <= D_l.
+  The test is against the map's depth, NOT the target length: a source word longer than its
+  target word (21% of the words on SmolLM2 -> MiniLM) is still inside the fitted model when
+  the map is deep enough.
+* ``overflow`` no map for l (l > L, or no corpus word of that length) or l_i > D_l: the
+  ``overflow`` policy applies ("random": a seeded Gaussian Jacobian per word, as the paper;
+  "zero": no gradient).
+* ``empty``    one side tokenizes the word to nothing: no gradient (there is nothing to map).
+
+Special tokens (BOS/CLS/SEP...) belong to no word and never send a gradient. For the token
+bridge (shared tokenizer) every word is ``fitted``; for the identity bridge ``identity``.
+
+Controls (``Bridge.with_maps``) replace the maps while keeping everything else:
+
+* ``fitted``  the fitted maps.
+* ``random``  per bucket a seeded Gaussian tensor of the map's shape, rescaled to the fitted
+  map's Frobenius norm.
+* ``mean``    the fit report's mean-embedding baseline as maps. That baseline predicts every
+  word of bucket l by the mean target word tensor of its fit words, a constant: as an affine
+  t-linear model ``X_i * 0 + mean`` its linear part, and so its Jacobian with respect to the
+  source embeddings, is zero. Its maps are therefore zero tensors of the fitted shape: fitted
+  words send no gradient; overflow words still follow the overflow policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from fuse_repro.adapter import AdapterError, FittedAdapter
+from fuse_repro.tensor import tprod, ttranspose
+
+__all__ = ["MAP_KINDS", "OVERFLOW_POLICIES", "Bridge", "TargetBatch"]
+
+MAP_KINDS = ("fitted", "random", "mean")
+OVERFLOW_POLICIES = ("random", "zero")
+
+
+@dataclass
+class TargetBatch:
+    """Secondary-model inputs for a batch of primary sequences."""
+
+    embeds: torch.Tensor  # (B, S_j, d_j), differentiable w.r.t. the primary embeddings
+    attention_mask: torch.Tensor  # (B, S_j) 1 for real tokens, 0 for right padding
+    ids: list[list[int]]  # full target ids (specials included), unpadded
+    texts: list[str]
+
+
+class _BridgeFn(torch.autograd.Function):
+    """Forward: pass the looked-up target embeddings through. Backward: the bridge's adjoint."""
+
+    @staticmethod
+    def forward(ctx: Any, src_embeds: torch.Tensor, tgt_values: torch.Tensor, backward: Any) -> torch.Tensor:
+        ctx.backward = backward
+        return tgt_values.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        return ctx.backward(grad_out), None, None
+
+
+@dataclass
+class _Plan:
+    """Per-batch bookkeeping of which target rows feed which source rows (index tensors on the
+    device of the source embeddings)."""
+
+    batch: int
+    src_len: int
+    tgt_len: int
+    # bucket l -> (tgt_index (n, l), src_index (n, D_l)); slices past a word's source length
+    # point at the sink row B*S_i, which the backward drops (no data-dependent masking)
+    buckets: dict[int, tuple[torch.Tensor, torch.Tensor]]
+    # words past the cap: (tgt rows, src rows, seed) each
+    overflow: list[tuple[list[int], list[int], int]]
+    # token bridge: flat target rows and their source rows
+    token_pairs: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+# (target span, source span, word) of one word of one sequence
+_Word = tuple[tuple[int, int], tuple[int, int], str]
+
+
+def _control_maps(maps: dict[int, torch.Tensor], kind: str, seed: int) -> dict[int, torch.Tensor]:
+    """The maps of a control bridge (module docstring), on the fitted maps' devices/dtypes."""
+    if kind == "fitted":
+        return dict(maps)
+    if kind == "mean":
+        return {l: torch.zeros_like(m) for l, m in maps.items()}
+    out = {}
+    for l, m in maps.items():
+        # Drawn on the CPU from (seed, l): the same control on every device and whatever the
+        # other buckets hold.
+        gen = torch.Generator(device="cpu").manual_seed(int(seed) * 1009 + int(l))
+        r = torch.randn(m.shape, generator=gen, dtype=torch.float64)
+        scale = float(torch.linalg.vector_norm(m.double().cpu()))
+        out[l] = (r * (scale / float(torch.linalg.vector_norm(r)))).to(m.device, m.dtype)
+    return out
+
+
+class Bridge:
+    """Maps primary-model embeddings to a secondary model's input embeddings.
+
+    ``kind``: identity (the secondary is the primary), token (shared tokenizer, section 3.2) or
+    fuse (different tokenizers, section 3.3). Forward is exact (decode, retokenize, look up);
+    backward is the adjoint of the fitted per-word linear model.
+
+    ``overflow``: policy for words outside the fitted maps ("random" | "zero", module doc).
+    ``seed``: seeds the overflow Jacobians. ``device``: where the maps live and the backward
+    runs (default: the source model's device); maps are moved there once, here.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        target: Any,
+        adapter: FittedAdapter,
+        overflow: str = "random",
+        seed: int = 0,
+        *,
+        device: str | torch.device | None = None,
+        maps_kind: str = "fitted",
+    ) -> None:
+        if overflow not in OVERFLOW_POLICIES:
+            raise AdapterError(f"overflow={overflow!r} is not one of {list(OVERFLOW_POLICIES)}")
+        if maps_kind not in MAP_KINDS:
+            raise AdapterError(f"maps kind {maps_kind!r} is not one of {list(MAP_KINDS)}")
+        self.source, self.target, self.adapter = source, target, adapter
+        self.kind = adapter.kind
+        self.overflow, self.seed, self.maps_kind = overflow, seed, maps_kind
+        self.device = torch.device(device) if device is not None else torch.device(source.device)
+        # M^T per bucket, computed once and kept on the device: the backward is g_i = g_j * M^T.
+        self._maps_t: dict[int, torch.Tensor] = {}
+        self._depths: dict[int, int] = {}
+        for l, m in adapter.maps.items():
+            if adapter.kind == "fuse":
+                assert m.ndim == 3 and m.shape[:2] == (source.dim, target.dim), f"map {l}: {tuple(m.shape)}"
+                self._maps_t[l] = ttranspose(m.to(self.device)).contiguous()  # (d_j, d_i, D)
+                self._depths[l] = int(m.shape[-1])
+            else:
+                assert m.shape == (source.dim, target.dim), f"token map: {tuple(m.shape)}"
+                self._maps_t[l] = m.to(self.device).t().contiguous()  # (d_j, d_i)
+                self._depths[l] = 1
+        # copies of _maps_t in another dtype/device, made once on first use (gradients in float64
+        # in the tests, or on another device than the maps)
+        self._cast: dict[tuple[torch.device, torch.dtype], dict[int, torch.Tensor]] = {}
+
+    # -- controls -----------------------------------------------------------------------------
+    def with_maps(self, kind: str, seed: int = 0) -> Bridge:
+        """A new Bridge over the same models, overflow policy and overflow seed, with its maps
+        replaced by the control ``kind`` ("fitted" | "random" | "mean", module docstring);
+        ``seed`` seeds the random maps. The fitted adapter itself is not modified."""
+        if kind not in MAP_KINDS:
+            raise AdapterError(f"maps kind {kind!r} is not one of {list(MAP_KINDS)}")
+        if self.kind == "identity":
+            raise AdapterError("the identity bridge has no maps to replace (source == target)")
+        adapter = replace(self.adapter, maps=_control_maps(self.adapter.maps, kind, seed))
+        return Bridge(self.source, self.target, adapter, self.overflow, self.seed,
+                      device=self.device, maps_kind=kind)
+
+    def maps_on(self, device: torch.device, dtype: torch.dtype) -> dict[int, torch.Tensor]:
+        """The transposed maps on ``device`` in ``dtype``: the stored ones when they match, else a
+        copy made once and kept (the backward never copies maps per call)."""
+        device = torch.device(device)
+        if device == self.device and all(m.dtype == dtype for m in self._maps_t.values()):
+            return self._maps_t
+        key = (device, dtype)
+        if key not in self._cast:
+            self._cast[key] = {l: m.to(device, dtype) for l, m in self._maps_t.items()}
+        return self._cast[key]
+
+    # -- which path each word takes -----------------------------------------------------------
+    def _word_path(self, l_i: int, l_j: int) -> str:
+        """fitted | overflow | empty for a word of l_i source and l_j target tokens (fuse)."""
+        if l_i == 0 or l_j == 0:
+            return "empty"
+        if l_j in self._depths and l_i <= self._depths[l_j]:  # the map's depth, not l_j
+            return "fitted"
+        return "overflow"
+
+    def word_paths(self, src_ids: list[list[int]]) -> list[list[str]]:
+        """Per sequence, per whitespace word of its decoded text, the path its gradient takes in
+        the backward: "fitted", "overflow" or "empty" (fuse); "fitted" for every word of the token
+        bridge, "identity" for the identity bridge (module docstring)."""
+        if self.kind != "fuse":
+            label = "fitted" if self.kind == "token" else "identity"
+            return [[label] * len(self.source.tokenizer.decode([int(t) for t in ids]).split())
+                    for ids in src_ids]
+        if not src_ids:
+            return []
+        words = self._encode(src_ids)[4]
+        return [[self._word_path(se - ss, te - ts) for (ts, te), (ss, se), _ in seq] for seq in words]
+
+    # -- forward ------------------------------------------------------------------------------
+    def _encode(
+        self, src_ids: list[list[int]]
+    ) -> tuple[list[str], list[list[int]], torch.Tensor, torch.Tensor, list[list[_Word]], list]:
+        """Decode each source sequence, retokenize it for the target, pair up the words.
+
+        Returns texts, full target ids, padded ids (B, S_j), mask (B, S_j), per-sequence word
+        pairs ((target span), (source span), word) and, for the token bridge, row pairs.
+        """
+        tok_t = self.target.tokenizer
+        texts, full_ids, words, token_rows = [], [], [], []
+        for ids in src_ids:
+            ids = [int(t) for t in ids]
+            text = self.source.tokenizer.decode(ids)
+            texts.append(text)
+            if self.kind in ("token", "identity"):
+                # Same tokenizer: the target sees the very same content ids (no retokenization).
+                full, offset = tok_t.with_specials(ids) if self.kind == "token" else (ids, 0)
+                full_ids.append(full)
+                token_rows.append([(offset + s, s) for s in range(len(ids))])
+                continue
+            tgt_content, tgt_spans = tok_t.encode_words(text)
+            src_spans = self.source.tokenizer.spans_of_ids(ids)
+            if len(tgt_spans) != len(src_spans):
+                raise AdapterError(
+                    f"word split mismatch for {text!r}: source has {len(src_spans)} words, "
+                    f"target {len(tgt_spans)}"
+                )
+            full, offset = tok_t.with_specials(tgt_content)
+            full_ids.append(full)
+            words.append(
+                [((ts + offset, te + offset), (ss, se), word)
+                 for (ts, te), (ss, se), word in zip(tgt_spans, src_spans, text.split())]
+            )
+        max_len = max(len(f) for f in full_ids)
+        pad_id = tok_t.pad_id if tok_t.pad_id is not None else 0
+        ids_pad = torch.full((len(src_ids), max_len), pad_id, dtype=torch.long)  # (B, S_j)
+        mask = torch.zeros((len(src_ids), max_len), dtype=torch.long)  # (B, S_j)
+        for b, full in enumerate(full_ids):
+            ids_pad[b, : len(full)] = torch.tensor(full, dtype=torch.long)
+            mask[b, : len(full)] = 1
+        return texts, full_ids, ids_pad, mask, words, token_rows
+
+    @torch.no_grad()
+    def lookup(self, src_ids: list[list[int]]) -> TargetBatch:
+        """The exact target inputs of ``src_ids`` with no gradient path (candidate evaluation)."""
+        if not src_ids:
+            raise AdapterError("lookup needs at least one source sequence")
+        texts, full_ids, ids_pad, mask, _, _ = self._encode(src_ids)
+        model = self.source if self.kind == "identity" else self.target
+        embeds = model.embed(ids_pad.to(model.device))  # (B, S_j, d_j)
+        return TargetBatch(embeds, mask.to(model.device), full_ids, texts)
+
+    def __call__(self, src_ids: list[list[int]], src_embeds: torch.Tensor) -> TargetBatch:
+        """src_ids: B unpadded id lists; src_embeds (B, S_i, d_i) with S_i >= max length.
+
+        The returned embeddings equal ``lookup(src_ids)``; their gradient flows back into
+        ``src_embeds`` through the adjoint of the fitted map.
+        """
+        if src_embeds.ndim != 3 or src_embeds.shape[0] != len(src_ids):
+            raise AdapterError(
+                f"src_embeds must be (B, S_i, d_i) with B={len(src_ids)}, got {tuple(src_embeds.shape)}"
+            )
+        if any(len(ids) > src_embeds.shape[1] for ids in src_ids):
+            raise AdapterError("a source sequence is longer than src_embeds' sequence dimension")
+        texts, full_ids, ids_pad, mask, words, token_rows = self._encode(src_ids)
+        device = src_embeds.device
+        if self.kind == "identity":
+            return TargetBatch(src_embeds[:, : ids_pad.shape[1]], mask.to(device), full_ids, texts)
+        table = self.target.embedding_table()
+        values = table[ids_pad.to(table.device)].detach().to(device=device, dtype=src_embeds.dtype)
+        plan = self._plan(len(src_ids), src_embeds.shape[1], ids_pad.shape[1], words, token_rows, device)
+        embeds = _BridgeFn.apply(src_embeds, values, lambda g: self._backward(g, plan))
+        return TargetBatch(embeds, mask.to(device), full_ids, texts)
+
+    def _plan(
+        self, batch: int, src_len: int, tgt_len: int, words: list[list[_Word]], token_rows: list,
+        device: torch.device,
+    ) -> _Plan:
+        def index(rows: list) -> torch.Tensor:
+            return torch.tensor(rows, dtype=torch.long, device=device)
+
+        if self.kind == "token":
+            tgt = [b * tgt_len + t for b, rows in enumerate(token_rows) for t, _ in rows]
+            src = [b * src_len + s for b, rows in enumerate(token_rows) for _, s in rows]
+            return _Plan(batch, src_len, tgt_len, {}, [], (index(tgt), index(src)))
+        per_bucket: dict[int, tuple[list[list[int]], list[list[int]]]] = {}
+        overflow = []
+        sink = batch * src_len
+        for b, seq_words in enumerate(words):
+            for (ts, te), (ss, se), word in seq_words:
+                l_j, l_i = te - ts, se - ss
+                path = self._word_path(l_i, l_j)
+                if path == "empty":
+                    continue  # a word one side does not tokenize at all carries no gradient
+                tgt_rows = [b * tgt_len + t for t in range(ts, te)]
+                src_rows = [b * src_len + s for s in range(ss, se)]
+                if path == "fitted":
+                    tgt_list, src_list = per_bucket.setdefault(l_j, ([], []))
+                    tgt_list.append(tgt_rows)
+                    src_list.append(src_rows + [sink] * (self._depths[l_j] - l_i))
+                elif self.overflow == "random":
+                    digest = hashlib.sha256(f"{self.seed}|{word}|{l_i}|{l_j}".encode()).digest()
+                    overflow.append((tgt_rows, src_rows, int.from_bytes(digest[:8], "little") & (2**63 - 1)))
+        buckets = {l: (index(t), index(s)) for l, (t, s) in per_bucket.items()}
+        return _Plan(batch, src_len, tgt_len, buckets, overflow)
+
+    # -- backward -----------------------------------------------------------------------------
+    def _backward(self, grad_tgt: torch.Tensor, plan: _Plan) -> torch.Tensor:
+        """grad_tgt (B, S_j, d_j) -> grad_src (B, S_i, d_i). Special/padding rows send nothing."""
+        device, dtype = grad_tgt.device, grad_tgt.dtype
+        d_i, d_j = self.source.dim, self.target.dim
+        assert grad_tgt.shape == (plan.batch, plan.tgt_len, d_j), tuple(grad_tgt.shape)
+        maps_t = self.maps_on(device, dtype)
+        g_flat = grad_tgt.reshape(plan.batch * plan.tgt_len, d_j)  # (B*S_j, d_j)
+        # (B*S_i + 1, d_i): the last row is the sink of map slices past a word's source length
+        out = torch.zeros(plan.batch * plan.src_len + 1, d_i, device=device, dtype=dtype)
+        if plan.token_pairs is not None:
+            tgt, src = plan.token_pairs
+            out.index_add_(0, src, g_flat[tgt] @ maps_t[1])
+        for l, (tgt_idx, src_idx) in plan.buckets.items():
+            n, depth = src_idx.shape
+            g_j = g_flat[tgt_idx]  # (n, l, d_j)
+            g_j = g_j.permute(0, 2, 1)  # (n, l, d_j) -> (n, d_j, l); tprod zero-pads to D
+            g_i = tprod(g_j, maps_t[l])  # (n, d_i, D)
+            g_i = g_i.permute(0, 2, 1).reshape(n * depth, d_i)  # (n, D, d_i) -> (n*D, d_i)
+            out.index_add_(0, src_idx.reshape(-1), g_i)  # (n*D,) rows, sink included
+        for tgt_rows, src_rows, word_seed in plan.overflow:
+            out[src_rows] += self._random_jacobian_t(g_flat[tgt_rows], len(src_rows), word_seed)
+        return out[:-1].reshape(plan.batch, plan.src_len, d_i)  # sink dropped
+
+    def _random_jacobian_t(self, g_j: torch.Tensor, l_i: int, word_seed: int) -> torch.Tensor:
+        """(l_j, d_j) -> (l_i, d_i) through a Gaussian Jacobian seeded by (seed, word, lengths):
+        the same word always gets the same matrix, whatever the batch or the device (the paper's
+        policy for words past the cap, made reproducible; drawn on the CPU for that reason)."""
+        l_j, d_j = g_j.shape
+        gen = torch.Generator(device="cpu").manual_seed(word_seed)
+        out = torch.zeros(l_i, self.source.dim, dtype=g_j.dtype, device=g_j.device)
+        scale = (l_j * d_j) ** -0.5
+        for t in range(l_i):  # one (l_j*d_j, d_i) block at a time keeps memory at a few MB
+            block = torch.randn(l_j * d_j, self.source.dim, generator=gen) * scale
+            out[t] = g_j.reshape(-1) @ block.to(g_j.device, g_j.dtype)
+        return out

@@ -1,0 +1,133 @@
+"""Config schemas, the one conversion point, resolvers and hashing.
+
+The YAML files in ``conf/`` are the user-facing configs; the dataclasses in ``schemas.py`` and
+``model.py`` are their schemas, registered with Hydra's ConfigStore on import (``run.py`` imports
+this package before composing). A stage reads a group once, as a validated dataclass:
+
+    search = convert(cfg.search)          # SearchConfig, __post_init__ checks run here
+
+Unknown keys fail while composing (the root schema types every group) or, for ``+key=`` overrides
+and plain mappings, in ``convert``; both name the key and its group. Defaults live in the
+dataclasses; a yaml states only what differs (see ``schemas.py``). How to add a field or a group:
+ARCHITECTURE.md and /work/coord/CONFIG-status.md.
+"""
+
+from fuse_repro.config.fidelity import FidelityConfig
+from fuse_repro.config.hashing import (
+    REPO_ROOT,
+    RUN_HASH_EXCLUDE,
+    git_commit,
+    register_resolvers,
+    run_config_hash,
+    stable_hash,
+    to_plain,
+    write_json,
+)
+from fuse_repro.config.model import (
+    MODEL_DTYPES,
+    MODEL_KINDS,
+    MODEL_SCHEMAS,
+    GGUFModelConfig,
+    HFModelConfig,
+    ModelConfig,
+    OpenClipConfig,
+    TinyClipConfig,
+    TinyGPT2Config,
+    TinyRobertaConfig,
+    TokenizerConfig,
+)
+from fuse_repro.config.reporting import (
+    METRICS,
+    SENTIMENT_RULES,
+    LoggerConfig,
+    MergeConfig,
+    MeteorConfig,
+    ScoringConfig,
+    SentimentScoringConfig,
+    SpiceConfig,
+    TableConfig,
+)
+from fuse_repro.config.root import FuseConfig, PipelineConfig
+from fuse_repro.config.schemas import (
+    DATASET_FORMATS,
+    SUBSET_MODES,
+    AdapterConfig,
+    CorpusConfig,
+    DatasetConfig,
+    ObjectiveConfig,
+    PathsConfig,
+    SearchConfig,
+    SubsetConfig,
+    SyntheticImagesConfig,
+    TermConfig,
+    check_choice,
+    check_min,
+    search_methods,
+)
+from fuse_repro.config.store import (
+    ROOT_SCHEMA,
+    compose_error_line,
+    convert,
+    model_schema,
+    register_schemas,
+    validate,
+)
+from fuse_repro.errors import ConfigError
+
+register_resolvers()
+register_schemas()
+
+__all__ = [
+    "DATASET_FORMATS",
+    "METRICS",
+    "MODEL_DTYPES",
+    "MODEL_KINDS",
+    "MODEL_SCHEMAS",
+    "REPO_ROOT",
+    "ROOT_SCHEMA",
+    "RUN_HASH_EXCLUDE",
+    "SENTIMENT_RULES",
+    "SUBSET_MODES",
+    "AdapterConfig",
+    "ConfigError",
+    "CorpusConfig",
+    "DatasetConfig",
+    "FidelityConfig",
+    "FuseConfig",
+    "GGUFModelConfig",
+    "HFModelConfig",
+    "LoggerConfig",
+    "MergeConfig",
+    "MeteorConfig",
+    "ModelConfig",
+    "ObjectiveConfig",
+    "OpenClipConfig",
+    "PathsConfig",
+    "PipelineConfig",
+    "ScoringConfig",
+    "SearchConfig",
+    "SentimentScoringConfig",
+    "SpiceConfig",
+    "SubsetConfig",
+    "SyntheticImagesConfig",
+    "TableConfig",
+    "TermConfig",
+    "TinyClipConfig",
+    "TinyGPT2Config",
+    "TinyRobertaConfig",
+    "TokenizerConfig",
+    "check_choice",
+    "check_min",
+    "compose_error_line",
+    "convert",
+    "git_commit",
+    "model_schema",
+    "register_resolvers",
+    "register_schemas",
+    "run_config_hash",
+    "search_methods",
+    "stable_hash",
+    "to_plain",
+    "validate",
+    "write_json",
+]

@@ -1,0 +1,258 @@
+"""The ConfigStore registration and the one conversion point, ``convert``.
+
+Composition (Hydra) checks structure: ``conf/config.yaml`` names ``fuse_schema`` (the root
+``FuseConfig``) first in its defaults list, and every model yaml names its backend's schema, so a
+misspelled key in a yaml file or a wrong type fails while composing, naming the key and the file.
+``convert`` checks values: it turns a composed group node into its dataclass once (running the
+``__post_init__`` validation) and re-checks keys, since Hydra's ``+key=value`` overrides bypass the
+struct flag. Every failure is a ``ConfigError`` with one line naming the key, its group and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import re
+import typing
+from typing import Any, TypeVar
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+
+from fuse_repro.config.model import MODEL_SCHEMAS, ModelConfig
+from fuse_repro.config.root import FuseConfig
+from fuse_repro.errors import ConfigError
+
+T = TypeVar("T")
+
+ROOT_SCHEMA = "fuse_schema"
+
+
+def register_schemas() -> None:
+    """Store the root schema and the model schemas (idempotent; run on import of the package)."""
+    cs = ConfigStore.instance()
+    cs.store(name=ROOT_SCHEMA, node=FuseConfig)
+    for name, schema in MODEL_SCHEMAS.items():
+        cs.store(group="schema/model", name=name, node=schema)
+
+
+def _full_key(node: Any) -> str:
+    if isinstance(node, (DictConfig, ListConfig)):
+        try:
+            return str(node._get_full_key(None))
+        except Exception:  # noqa: BLE001 - a detached node has no key
+            return ""
+    return ""
+
+
+def _join(where: str, key: Any) -> str:
+    """``where.key`` unless ``key`` is already the absolute path (nodes attached to a root)."""
+    key = str(key or "")
+    if not where or key == where or key.startswith(where + "."):
+        return key or where
+    return f"{where}.{key}" if key else where
+
+
+def _group_of(where: str, schema: type | None) -> str:
+    """The config group a node belongs to: ``model`` for any model node, else the first part of
+    its path, else (a detached node) the root field whose schema holds ``schema``."""
+    if schema is not None and issubclass(schema, ModelConfig):
+        return "model"
+    if where:
+        return where.split(".")[0]
+    return _schema_groups().get(schema, "root") if schema is not None else "root"
+
+
+@functools.cache
+def _schema_groups() -> dict[type, str]:
+    """Schema class -> the root group it sits under (``CorpusConfig`` -> ``adapter``)."""
+    out: dict[type, str] = {}
+
+    def walk(schema: Any, group: str) -> None:
+        if not dataclasses.is_dataclass(schema) or schema in out:
+            return
+        out[schema] = group
+        for hint in typing.get_type_hints(schema).values():
+            for arg in (hint, *typing.get_args(hint)):
+                walk(arg, group)
+
+    for name, hint in typing.get_type_hints(FuseConfig).items():
+        walk(hint, name)
+    return out
+
+
+def _check_keys(node: Any, where: str) -> None:
+    """ConfigError for a key its schema does not have, at any depth (``+key=`` overrides and
+    Python-built nodes are not checked by Hydra's struct flag)."""
+    if isinstance(node, ListConfig):
+        for i in range(len(node)):
+            child = node._get_node(i)
+            if isinstance(child, (DictConfig, ListConfig)):
+                _check_keys(child, f"{where}[{i}]")
+        return
+    if not isinstance(node, DictConfig) or node._is_none() or node._is_missing():
+        return
+    schema = OmegaConf.get_type(node)
+    if schema is not None and dataclasses.is_dataclass(schema):
+        names = {f.name for f in dataclasses.fields(schema)}
+        for key in node:
+            if key not in names:
+                full = f"{where}.{key}" if where else str(key)
+                raise ConfigError(
+                    f"unknown key {full} in config group {_group_of(where, schema)} (schema "
+                    f"{schema.__name__}); known keys: {', '.join(sorted(names))}"
+                )
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, (DictConfig, ListConfig)):
+            _check_keys(child, f"{where}.{key}" if where else str(key))
+
+
+def convert(node: Any, schema: type[T] | None = None) -> T:
+    """The dataclass of a composed config node, validated; the one way a stage reads a group.
+
+    ``node`` is a group of the composed config (``cfg.search``: already typed by the root schema)
+    or a plain mapping / untyped node with ``schema`` given (a saved config, a test). Raises
+    ``ConfigError`` (one line) for an unknown key, a missing required value, a wrong type or a
+    value its ``__post_init__`` rejects.
+    """
+    where = _full_key(node)
+    try:
+        if not isinstance(node, DictConfig):
+            node = OmegaConf.create(node if node is not None else {})
+        node_type = OmegaConf.get_type(node)
+        if schema is not None and not (
+            isinstance(node_type, type) and issubclass(node_type, schema)
+        ):
+            plain = OmegaConf.to_container(node, resolve=True)
+            if schema is ModelConfig:
+                schema = model_schema(plain)  # type: ignore[assignment]
+            node = OmegaConf.merge(OmegaConf.structured(schema), plain)
+        _check_keys(node, where)
+        result = OmegaConf.to_object(node)
+    except ConfigError:
+        raise
+    except ConfigKeyError as err:  # merging a plain mapping that has a key the schema lacks
+        key = _join(where, getattr(err, "full_key", None))
+        owner = getattr(err, "object_type", None) or schema
+        name = getattr(owner, "__name__", str(owner))
+        known = sorted(f.name for f in dataclasses.fields(owner)) if dataclasses.is_dataclass(owner) else []
+        raise ConfigError(
+            f"unknown key {key} in config group {_group_of(where, schema)} (schema {name}); "
+            f"known keys: {', '.join(known)}"
+        ) from err
+    except MissingMandatoryValue as err:
+        key = _join(where, getattr(err, "full_key", None))
+        raise ConfigError(
+            f"config value {key} is required (???) but not set; give it in the yaml or as "
+            f"{key}=<value>"
+        ) from err
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"config {where or 'root'}: {_omegaconf_message(err)}") from err
+    except ValueError as err:  # a __post_init__ check that is not a ConfigError yet
+        raise ConfigError(" ".join(str(err).split())) from err
+    if schema is not None and not isinstance(result, schema):
+        raise ConfigError(
+            f"config {where or 'root'} is a {type(result).__name__}, expected {schema.__name__}"
+        )
+    return result  # type: ignore[return-value]
+
+
+def validate(cfg: DictConfig, output_dir: str | None = None) -> FuseConfig:
+    """The whole run config as its root dataclass: every group converted and checked once.
+
+    For the entry point's config-only check (before anything loads): an unknown key anywhere
+    (``+scoring.foo=1`` included), a missing value or a rejected value is one ``ConfigError``.
+    Outside a Hydra run (tests, notebooks) ``paths.output_dir`` cannot resolve; give
+    ``output_dir`` to stand in for it. The ``hydra`` node, when present, is not checked.
+    """
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+        if output_dir is not None:
+            cfg.paths.output_dir = str(output_dir)
+    return convert(cfg, FuseConfig)
+
+
+def model_schema(plain: Any) -> type[ModelConfig]:
+    """The schema of a plain model mapping, chosen by its backend (for configs built in Python
+    or read back from a run folder, which carry no schema of their own)."""
+    backend = plain.get("backend") if isinstance(plain, dict) else None
+    for schema in MODEL_SCHEMAS.values():
+        if backend in schema.BACKENDS:
+            return schema
+    known = sorted(b for s in MODEL_SCHEMAS.values() for b in s.BACKENDS)
+    raise ConfigError(f"model backend={backend!r} is not one of {known}")
+
+
+def _omegaconf_message(err: OmegaConfBaseException) -> str:
+    """OmegaConf's first line plus the full key it names (its message spans several lines)."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    full_key = getattr(err, "full_key", None)
+    return f"{first} (key {full_key})" if full_key else first
+
+
+_KEY_NOT_IN = re.compile(r"Key '([^']+)' not in '([^']+)'")
+_FULL_KEY = re.compile(r"full_key:\s*(\S+)")
+_IN_FILE = re.compile(r"In '([^']+)'")
+_OVERRIDE = re.compile(r"(?:Could not override|Error merging override) '?([^'\s]+?)'?(?:\.|$|\s)")
+
+
+def _schema_at(path: str) -> type | None:
+    """The dataclass typing ``path`` (``search``, ``objective.terms.clip``) under the root schema."""
+    schema: Any = FuseConfig
+    parts = [p for p in path.split(".") if p]
+    i = 0
+    while i < len(parts):
+        if not dataclasses.is_dataclass(schema):
+            return None
+        hint = typing.get_type_hints(schema).get(parts[i])
+        i += 1
+        while hint is not None and typing.get_origin(hint) is typing.Union:  # Optional[X]
+            hint = next((a for a in typing.get_args(hint) if a is not type(None)), None)
+        if typing.get_origin(hint) in (dict, dict):  # Dict[str, X]: skip the key
+            hint = typing.get_args(hint)[1]
+            i += 1
+        schema = hint
+    return schema if dataclasses.is_dataclass(schema) else None
+
+
+def _unknown_key_line(key: str, schema_name: str, source: str) -> str:
+    parent, _, leaf = key.rpartition(".")
+    by_name = {cls.__name__: cls for cls in MODEL_SCHEMAS.values()}
+    schema = by_name.get(schema_name) or _schema_at(parent)
+    known = f"; known keys: {', '.join(sorted(f.name for f in dataclasses.fields(schema)))}" \
+        if schema is not None else ""
+    group = _group_of(parent, schema)
+    return (f"unknown key {key}{source} in config group {group} (schema {schema_name} has no "
+            f"'{leaf}'){known}")
+
+
+def compose_error_line(err: BaseException) -> str:
+    """One line for a Hydra composition error (a key its schema lacks, a wrong type, a missing
+    option): what is wrong, where, and the fix. For the entry point's ``error:`` line."""
+    chain = []
+    cur: BaseException | None = err
+    while cur is not None and len(chain) < 5:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    texts = [str(e) for e in chain]
+    text = "\n".join(texts)
+    where = _IN_FILE.search(text)
+    source = f" (in conf/{where.group(1)}.yaml)" if where and where.group(1) != "config" else ""
+    missing = _KEY_NOT_IN.search(text)
+    if missing:
+        full = _FULL_KEY.search(text)
+        key = full.group(1) if full else missing.group(1)
+        return _unknown_key_line(key, missing.group(2), source)
+    if "Error merging override" in texts[0] and len(chain) > 1:
+        override = texts[0].replace("Error merging override", "").strip()
+        cause = texts[1].strip().splitlines()[0]
+        return f"bad override {override}: {cause}"
+    lines = [line.strip() for line in texts[0].strip().splitlines() if line.strip()]
+    if lines and lines[0].startswith("In '") and "Could not find" in lines[0]:
+        options = [ln for ln in lines[2:] if not ln.startswith(("Config search path", "provider="))]
+        return f"{lines[0]}; available: {', '.join(options)}"
+    return " ".join(lines) if lines else type(err).__name__

@@ -1,0 +1,85 @@
+"""The runtime every stage shares: the device, the seed and torch's thread count.
+
+``setup(cfg)`` is called once by the entry point (``app.run_stage``) before a stage runs; stages
+and libraries call ``resolve_device`` for the one device rule. Nothing here is part of any
+cache key or results hash (device and threads do not change what is computed, only where and
+how fast; see the note on ``threads`` in ``conf/config.yaml``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+from fuse_repro.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: Any) -> Any:
+    """``auto`` -> cuda when available, else cpu; anything else must be a device torch knows
+    and can use here. Returns a ``torch.device``."""
+    import torch
+
+    if isinstance(name, torch.device):
+        return name
+    if name is None or str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(str(name))
+    except RuntimeError as err:
+        raise ConfigError(
+            f"device={name!r} is not a torch device; use cpu, cuda, cuda:N or auto") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but CUDA is not available here; use device=cpu or auto")
+    return device
+
+
+def check_device(name: Any) -> None:
+    """Config-only check of ``device`` (no torch import): its spelling."""
+    text = "auto" if name is None else str(name)
+    head, _, index = text.partition(":")
+    if head not in ("auto", "cpu", "cuda", "mps") or (index and not index.isdigit()):
+        raise ConfigError(f"device={name!r} is not a torch device; use cpu, cuda, cuda:N or auto")
+
+
+def seed_everything(seed: Any) -> int:
+    """Seed Python, NumPy and torch from the one ``seed`` (0 is a seed; None is an error)."""
+    import numpy as np
+    import torch
+
+    if seed is None or isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed={seed!r} must be an integer (0 is a valid seed)")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return seed
+
+
+def check_threads(threads: Any) -> int | None:
+    """``threads``: a positive int, or null to keep torch's default (one per core)."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads={threads!r} must be a positive integer, or null for torch's "
+                          "default (one per core)")
+    return threads
+
+
+def set_threads(threads: Any) -> int:
+    """Set torch's intra-op thread count (``null`` keeps the default); returns the count used."""
+    import torch
+
+    n = check_threads(threads)
+    if n is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def setup(cfg: Any) -> dict[str, Any]:
+    """Apply ``seed`` and ``threads`` from a run config; returns what was set."""
+    seed = seed_everything(cfg.get("seed"))
+    threads = set_threads(cfg.get("threads"))
+    log.debug("runtime: seed=%d, torch threads=%d", seed, threads)
+    return {"seed": seed, "threads": threads}

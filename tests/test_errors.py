@@ -1,0 +1,214 @@
+"""One-line errors (issue 12): every bad input a user can give goes through run.py's entry
+(``app.main(run.main)``, in-process: the same code path as the command line without paying ~10 s
+of imports per case) and must print exactly one line ``error: ...`` on stderr, exit 2, show no
+traceback and leave no empty run folder. Two cases also run as real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+import run as run_py_module
+from fuse_repro import app, sweep
+from fuse_repro.errors import ConfigError
+from fuse_repro.provenance import check_provenance, results_fields
+from tests.helpers import REPO
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch):
+    logs = tmp_path / "logs"
+    monkeypatch.setenv("FUSE_LOG_DIR", str(logs))
+    monkeypatch.setenv("FUSE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a missing hub model fails at once, not after DNS
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    return {"logs": logs, "root": tmp_path}
+
+
+def run_entry(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
+    """``python run.py *args`` in-process: exit status, stdout, stderr."""
+    monkeypatch.setattr(sys, "argv", ["run.py", *args])
+    code = app.main(run_py_module.main)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_one_line(code: int, out: str, err: str, *needles: str) -> str:
+    lines = err.strip().splitlines()
+    assert code == 2, (code, out[-2000:], err[-2000:])
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in out + err and "HYDRA_FULL_ERROR" not in out + err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def run_folders(logs: Path) -> list[Path]:
+    return sorted(p for p in logs.glob("*/*") if p.is_dir()) if logs.exists() else []
+
+
+def _image_folder(root: Path) -> Path:
+    folder = root / "images"
+    folder.mkdir()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(folder / "red.png")
+    return folder
+
+
+BAD_TARGETS = '[{"id": "1", "target": "a dog"}, {"id": "2"'  # cut off: not JSON
+
+
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["search.beam_width=0"], ["search.beam_width must be >= 1, got 0"]),
+        (["adapter.max_tokens=0"], ["adapter.max_tokens", "got 0"]),
+        (["objective.terms.text_similarity.weight=-1"], ["weight", "-1", ">= 0"]),
+        (["stage=caption", "dataset=image_folder", "objective=clip", "dataset.image_dir={root}/nope"],
+         ["nope"]),
+        (["stage=caption", "dataset=text_targets", "dataset.annotations={root}/bad.json"],
+         ["bad.json"]),
+        (["stage=fit", "source.backend=nope"], ["backend='nope'"]),
+        (["stage=caption", "dataset=image_folder", "dataset.image_dir={images}",
+          "objective=text_similarity"], ["objective=clip", "text_similarity"]),
+        (["search=nope"], ["search/nope", "fuse"]),
+        (["search.beam_widht=3"], ["beam_widht", "beam_width"]),
+        (["stage=bogus"], ["bogus", "pipeline"]),
+        (["resume=maybe"], ["resume", "maybe"]),
+        (["threads=0"], ["threads"]),
+        (["stage=score", "scoring.captions={root}/none.json"], ["none.json"]),
+    ],
+    ids=["beam_width_0", "max_tokens_0", "negative_weight", "missing_image_folder",
+         "malformed_targets", "unknown_backend", "image_folder_needs_image_objective",
+         "unknown_group_option", "misspelled_key", "unknown_stage", "bad_resume", "threads_0",
+         "missing_results_file"],
+)
+def test_config_errors_are_one_line_before_any_work(args, needles, env, capsys, monkeypatch):
+    (env["root"] / "bad.json").write_text(BAD_TARGETS)
+    images = _image_folder(env["root"])
+    args = [a.format(root=env["root"], images=images) for a in args] + ["logger=none"]
+    code, out, err = run_entry(args, capsys, monkeypatch)
+    assert_one_line(code, out, err, *needles)
+    assert "resolved config" not in out  # failed before printing, loading or writing anything
+    assert run_folders(env["logs"]) == []  # the empty run folder is removed
+
+
+def test_image_folder_selects_an_image_objective():
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["dataset=image_folder"])
+    assert [t.kind for t in cfg.objective.terms.values()] == ["clip"]
+
+
+def test_missing_hub_model_is_one_line(env, capsys, monkeypatch):
+    code, out, err = run_entry(["experiment=paper_coco_fuse", "stage=fit", "logger=none"],
+                               capsys, monkeypatch)
+    assert_one_line(code, out, err, "gpt2", "weights=random")
+    assert run_folders(env["logs"]) == []
+
+
+def test_paper_experiment_without_its_data_is_one_line(env, capsys, monkeypatch):
+    monkeypatch.setenv("FUSE_DATA_DIR", str(env["root"] / "no_data"))
+    code, out, err = run_entry(["experiment=paper_coco_fuse", "logger=none"], capsys, monkeypatch)
+    assert_one_line(code, out, err, "no_data")
+
+
+def test_unwritable_output_folder_is_one_line(env, capsys, monkeypatch):
+    blocker = env["root"] / "a_file"
+    blocker.write_text("x")
+    monkeypatch.setenv("FUSE_LOG_DIR", str(blocker / "logs"))
+    code, out, err = run_entry(["stage=table", "logger=none"], capsys, monkeypatch)
+    assert_one_line(code, out, err, "a_file", "writable")
+
+
+def test_resume_with_other_settings_is_refused(env, capsys, monkeypatch):
+    """A folder holding captions made with search.steps=6 refuses a rerun with steps=3 (one line
+    naming the key), keeps its captions, and accepts it with resume=force."""
+    folder = env["root"] / "run"
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        six = compose("config", overrides=["stage=caption", "search.steps=6"])
+    check_provenance(folder, results_fields(six))
+    (folder / "captions.jsonl").write_text(json.dumps({"id": "dog_beach", "caption": "x"}) + "\n")
+    code, out, err = run_entry(["stage=caption", "search.steps=3", "logger=none",
+                                f"hydra.run.dir={folder}"], capsys, monkeypatch)
+    assert_one_line(code, out, err, "search.steps: 6 -> 3", "resume=force")
+    assert (folder / "captions.jsonl").read_text().count("\n") == 1  # kept, untouched
+
+
+def test_debug_true_shows_the_traceback(env, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["run.py", "search.beam_width=0", "debug=true", "logger=none"])
+    with pytest.raises(ConfigError, match="beam_width"):
+        app.main(run_py_module.main)
+
+
+def test_ctrl_c_prints_the_resume_command(env, capsys, monkeypatch):
+    def interrupted(cfg, out_dir=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(app, "run_stage", interrupted)
+    folder = env["root"] / "run"
+    code, out, err = run_entry(["stage=caption", "search.steps=3", f"hydra.run.dir={folder}"],
+                               capsys, monkeypatch)
+    assert code == 130
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].endswith(f"Resume with: python run.py stage=caption search.steps=3 "
+                             f"hydra.run.dir={folder}")
+
+
+def test_failed_sweep_job_makes_the_multirun_fail(env, capsys, monkeypatch):
+    code, out, err = run_entry(["-m", "stage=table", "table.formats=[md],[html]", "logger=none"],
+                               capsys, monkeypatch)
+    assert code == 1, err
+    last = err.strip().splitlines()[-1]
+    assert last == ("error: 1 sweep job(s) failed: 1 (stage=table table.formats=[html] "
+                    "logger=none): table.formats entry='html' is not one of ['csv', 'md', 'tex']"), err
+    assert sweep.FAILED_JOBS and "html" in sweep.FAILED_JOBS[0]
+    summary = next(env["logs"].glob("multirun/default/*/sweep_summary.csv")).read_text()
+    assert "\n1,\"failed: table.formats entry='html'" in summary
+    assert "\n0,\"finished, no metrics.json\"" in summary
+
+
+# --------------------------------------------------------------------------------------------
+# the same, as a user runs it
+
+
+def _subprocess_env(env: dict) -> dict[str, str]:
+    return {**os.environ, "FUSE_LOG_DIR": str(env["logs"]), "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.mark.slow
+def test_subprocess_error_is_one_line(env):
+    proc = subprocess.run([sys.executable, "run.py", "search.beam_width=0", "logger=none"],
+                          cwd=REPO, env=_subprocess_env(env), capture_output=True, text=True,
+                          timeout=300)
+    assert_one_line(proc.returncode, proc.stdout, proc.stderr, "search.beam_width")
+    assert proc.stdout == ""
+
+
+@pytest.mark.slow
+def test_subprocess_ctrl_c_is_one_line_with_the_resume_command(env):
+    """SIGINT while the stage runs (after the config is printed): one line with the command."""
+    folder = env["root"] / "run"
+    args = ["stage=caption", "model@source=tiny_gpt2", "objective=tiny_sentiment", "search.steps=50",
+            "adapter.words_per_bucket=64", "adapter.corpus.max_words=5000", "logger=none",
+            f"hydra.run.dir={folder}"]
+    proc = subprocess.Popen([sys.executable, "run.py", *args], cwd=REPO, env=_subprocess_env(env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait until the stage runs
+        if line.startswith("=" * 77):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.endswith("Resume with: python run.py " + " ".join(args)), last
