@@ -30,9 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +41,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from fuse_repro.config import AdapterConfig, stable_hash
-from fuse_repro.corpus import corpus_identity, load_corpus_words, tokenize_words
+from fuse_repro.corpus import Bucket, fitting_corpus, make_buckets, timed
 from fuse_repro.errors import FuseError
 from fuse_repro.records import atomic_dir, write_json
 from fuse_repro.tensor import tlstsq, tprod
@@ -82,16 +79,6 @@ class FittedAdapter:
     # cache); never saved, so cached artifacts stay byte-identical. On CUDA a phase ends at its
     # last host sync, so the split is approximate there.
     timings: dict[str, float] = field(default_factory=dict)
-
-
-@contextmanager
-def _timed(timings: dict[str, float] | None, phase: str) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        if timings is not None:
-            timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - start
 
 
 def cache_fields(
@@ -133,83 +120,8 @@ def adapter_kind(source: Any, target: Any) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Bucketing: which words fit which map
+# Word tensors
 # ----------------------------------------------------------------------------------------------
-@dataclass
-class Bucket:
-    length: int  # l, the target token count
-    fit_src: list[list[int]]  # source ids of each fit word
-    fit_tgt: list[list[int]]
-    held_src: list[list[int]]
-    held_tgt: list[list[int]]
-    fit_words: list[str]
-    depth: int  # D
-    candidates: int = 0  # corpus words of this length (before sampling)
-
-
-def make_buckets(
-    words: list[str],
-    source_tok: Any,
-    target_tok: Any,
-    max_tokens: int,
-    words_per_bucket: int,
-    heldout_words: int,
-    seed: int,
-    *,
-    cache_root: Path | None = None,
-    digest: str | None = None,
-    timings: dict[str, float] | None = None,
-) -> dict[int, Bucket]:
-    """Split ``words`` by target token count (1..L) and draw the seeded fit / held-out samples.
-
-    Words are tokenized in their mid-sentence form; a word qualifies for bucket ``l`` when its
-    target tokenization has exactly ``l`` tokens and its source tokenization 1..L tokens, none of
-    them special (unknown-token words would only teach the map noise). ``cache_root``: where the
-    tokenized corpus is cached per tokenizer (``corpus.tokenize_words``); ``digest`` the words'
-    hash when known.
-    """
-    with _timed(timings, "tokenize source"):
-        src_ids = tokenize_words(words, source_tok, cache_root, digest=digest)
-    with _timed(timings, "tokenize target"):
-        tgt_ids = tokenize_words(words, target_tok, cache_root, digest=digest)
-    by_length: dict[int, list[int]] = {l: [] for l in range(1, max_tokens + 1)}
-    src_special, tgt_special = source_tok.special_ids, target_tok.special_ids
-    for index, (s, t) in enumerate(zip(src_ids, tgt_ids)):
-        if not (1 <= len(t) <= max_tokens and 1 <= len(s) <= max_tokens):
-            continue
-        if any(x in tgt_special for x in t) or any(x in src_special for x in s):
-            continue
-        by_length[len(t)].append(index)
-
-    buckets: dict[int, Bucket] = {}
-    for l, candidates in by_length.items():
-        # One generator per bucket, seeded by (seed, l): a bucket's sample does not depend on
-        # how many words the other buckets drew.
-        rng = np.random.default_rng([seed, l])
-        order = rng.permutation(len(candidates))
-        # Held-out words are drawn first, so a bucket with fewer candidates than N + held-out
-        # still reports a held-out residual (a tenth of its words at most).
-        n_held = heldout_words
-        if len(candidates) < words_per_bucket + heldout_words:
-            n_held = min(heldout_words, len(candidates) // 10)
-        held_idx = [candidates[k] for k in order[:n_held]]
-        fit_idx = [candidates[k] for k in order[n_held : n_held + words_per_bucket]]
-        depth = max([l] + [len(src_ids[k]) for k in fit_idx]) if fit_idx else l
-        # Held-out words whose source form is deeper than the fitted map cannot be evaluated.
-        held_idx = [k for k in held_idx if len(src_ids[k]) <= depth]
-        buckets[l] = Bucket(
-            length=l,
-            fit_src=[src_ids[k] for k in fit_idx],
-            fit_tgt=[tgt_ids[k] for k in fit_idx],
-            held_src=[src_ids[k] for k in held_idx],
-            held_tgt=[tgt_ids[k] for k in held_idx],
-            fit_words=[words[k] for k in fit_idx],
-            depth=depth,
-            candidates=len(candidates),
-        )
-    return buckets
-
-
 def word_tensor(
     table: torch.Tensor, ids_list: list[list[int]], depth: int, dtype: torch.dtype,
     device: str | torch.device | None = None,
@@ -311,23 +223,23 @@ def fit_fuse_maps(
             ))
             rows.append(row)
             continue
-        with _timed(timings, "word tensors"):
+        with timed(timings, "word tensors"):
             x_i = word_tensor(v_i, bucket.fit_src, bucket.depth, dtype, device)  # (w, d_i, D)
             x_j = word_tensor(v_j, bucket.fit_tgt, bucket.depth, dtype, device)  # (w, d_j, D)
-        with _timed(timings, "solve (tlstsq)"):
+        with timed(timings, "solve (tlstsq)"):
             m = tlstsq(x_i, x_j, rcond=cfg.rcond, accum_dtype=accum)  # (d_i, d_j, D)
-        with _timed(timings, "residuals"):
+        with timed(timings, "residuals"):
             mean_j = x_j.mean(dim=0, keepdim=True)  # (1, d_j, D) the mean-embedding baseline
             # The fit residual on a sample of the fitting words (they are in random order
             # already): the full product would cost as much as a third of the solve.
             k = min(len(bucket.fit_src), RESIDUAL_SAMPLE)
-            row["residual_fit"] = relative_residual(tprod(x_i[:k], m), x_j[:k])
+            row["residual_fit"] = relative_residual(tprod(x_i[:k], m, algorithm="real"), x_j[:k])
             row["baseline_fit"] = relative_residual(mean_j.expand_as(x_j), x_j)
             row["residual_heldout"] = row["baseline_heldout"] = None
             if bucket.held_src:
                 h_i = word_tensor(v_i, bucket.held_src, bucket.depth, dtype, device)
                 h_j = word_tensor(v_j, bucket.held_tgt, bucket.depth, dtype, device)
-                row["residual_heldout"] = relative_residual(tprod(h_i, m), h_j)
+                row["residual_heldout"] = relative_residual(tprod(h_i, m, algorithm="real"), h_j)
                 row["baseline_heldout"] = relative_residual(mean_j.expand_as(h_j), h_j)
                 del h_i, h_j
         maps[l] = m.to(torch.float32).contiguous()
@@ -449,9 +361,9 @@ def fit_adapter(
     device = torch.device(device) if device is not None else source.embedding_table().device
     words = corpus = None
     if kind == "fuse":  # the corpus is part of what determines the maps
-        with _timed(timings, "corpus"):
-            words = load_corpus_words(cfg.corpus)
-            corpus = corpus_identity(cfg.corpus, words)
+        with timed(timings, "corpus"):
+            random_weights = all(getattr(m, "weights", None) == "random" for m in (source, target))
+            words, corpus = fitting_corpus(cfg.corpus, random_weights=random_weights)
     fields = cache_fields(source, target, cfg, corpus)
     fields["kind"] = kind
     key = stable_hash(fields)
@@ -459,7 +371,7 @@ def fit_adapter(
         log.info("source and target are the same model: the adapter is the identity (nothing to fit)")
         return FittedAdapter(kind="identity", key=key, meta={"kind": "identity", "fields": fields})
     if cache_root is not None and not refit:
-        with _timed(timings, "cache"):
+        with timed(timings, "cache"):
             cached = load_cached(cache_root, key, fields)
         if cached is not None:
             log.info("adapter cache hit: %s", cached.path)
@@ -469,7 +381,7 @@ def fit_adapter(
     if kind == "token":
         log.info("%s and %s share a tokenizer: fitting the token-level matrix (section 3.2)",
                  source.name, target.name)
-        with _timed(timings, "solve (tlstsq)"):
+        with timed(timings, "solve (tlstsq)"):
             m, report = fit_token_map(source, target, cfg, device)
         maps, depths = {1: m}, {1: 1}
     else:
@@ -492,7 +404,7 @@ def fit_adapter(
     report = {"kind": kind, "key": key, "source": source.name, "target": target.name, **report}
     adapter = FittedAdapter(kind=kind, key=key, maps=maps, meta=meta, report=report, timings=timings)
     if cache_root is not None:
-        with _timed(timings, "cache"):
+        with timed(timings, "cache"):
             adapter.path = save_cached(cache_root, adapter)
         log.info("adapter cached at %s", adapter.path)
     return adapter

@@ -37,7 +37,8 @@ from fuse_repro.errors import (
     FuseError,
     one_line,
 )
-from fuse_repro.records import RESUME_MODES, check_writable, write_run_info, write_text
+from fuse_repro.records import check_writable, write_run_info, write_text
+from fuse_repro.weights_label import weights_fields
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +87,13 @@ def output_dir_of(cfg: DictConfig) -> Path:
 
 
 def check_config(cfg: DictConfig, module: Any) -> None:
-    """Config-only validation, before anything is printed, written or loaded."""
+    """Config-only validation, before anything is printed, written or loaded: every group
+    through its schema (``config.validate``: unknown keys, types, seed, resume, threads), the
+    device's spelling, then the stage's own ``check`` (datasets, objectives, files)."""
+    from fuse_repro.config import validate
+
+    validate(cfg)
     runtime.check_device(cfg.get("device"))
-    runtime.check_threads(cfg.get("threads"))
-    seed = cfg.get("seed")
-    if seed is None or isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"seed={seed!r} must be an integer (0 is a valid seed)")
-    resume = cfg.get("resume", "check")
-    if resume not in RESUME_MODES:
-        raise ConfigError(f"resume={resume!r} is not one of {list(RESUME_MODES)}")
     check = getattr(module, "check", None)
     if check is not None:
         check(cfg)
@@ -134,6 +133,7 @@ def run_stage(cfg: DictConfig, out_dir: Path | None = None) -> float | None:
         "config_hash": run_config_hash(cfg),
         "git_commit": git_commit(),
         "status": "running",
+        **weights_fields(cfg),  # weights=random: labelled (fuse_repro.weights_label)
     })
     log.info("torch threads: %d", threads)
     start = time.perf_counter()
@@ -145,9 +145,8 @@ def run_stage(cfg: DictConfig, out_dir: Path | None = None) -> float | None:
         raise
     write_run_info(out_dir, {"status": "finished"})
     log.info("stage %s finished in %.1f s", cfg.stage, time.perf_counter() - start)
-    value = optimized_value(cfg, module, result)
-    print(f"run folder: {out_dir}", flush=True)
-    return value
+    print(f"run folder: {out_dir}", flush=True)  # the last line: scripts can `tail -1`
+    return optimized_value(cfg, module, result)
 
 
 # --------------------------------------------------------------------------------------------

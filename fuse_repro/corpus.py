@@ -10,14 +10,22 @@ a changed word list or a package upgrade refits instead of reusing a stale adapt
 The mid-sentence tokenization of a corpus (``tokenize_words``) is cached per tokenizer, keyed by
 the tokenizer's fingerprint (its vocabulary and rules) and the words' hash: a second fit that
 shares a tokenizer and a corpus (another target model, another N or L) skips it.
+
+``make_buckets`` splits the tokenized words by target token count (the adapter's buckets) and
+draws each bucket's seeded fit and held-out samples.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import itertools
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +33,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fuse_repro.config import CorpusConfig, stable_hash
-from fuse_repro.errors import FuseError
+from fuse_repro.errors import FuseError, one_line
 from fuse_repro.records import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -70,27 +78,74 @@ def load_corpus_words(cfg: CorpusConfig) -> list[str]:
             raise CorpusError(f"corpus file {path} is not UTF-8 text: {err}") from err
         words = distinct_words(text.splitlines(), cfg.max_words)
     elif cfg.kind == "wikitext":
-        try:
-            import datasets
-        except ImportError as err:
-            raise CorpusError(
-                "adapter.corpus.kind=wikitext needs the `datasets` package "
-                "(pip install 'fuse-repro[wikitext]') and access to the Hugging Face hub"
-            ) from err
+        datasets = _datasets_module()
         try:
             data = datasets.load_dataset("Salesforce/wikitext", cfg.name, split="train")
         except Exception as err:  # noqa: BLE001 - any hub/network failure gets the same advice
             raise CorpusError(
-                f"could not load WikiText ({cfg.name}) from the hub: {err}. Use "
-                "adapter.corpus.kind=wordfreq offline, or a local text file with kind=text_file."
+                f"could not load WikiText ({cfg.name}) through `datasets`: {one_line(err)}; "
+                f"{WIKITEXT_REMEDY}"
             ) from err
-        words = distinct_words(data["text"], cfg.max_words)
+        # Lower-cased, as the authors' code reads it (README "Conventions"); CLIP lower-cases
+        # anyway, GPT-2 does not, so this picks which GPT-2 tokens the fit sees.
+        words = distinct_words([text.lower() for text in data["text"]], cfg.max_words)
     else:
         raise CorpusError(f"unknown adapter.corpus.kind={cfg.kind!r} (wordfreq, text_file, wikitext)")
     if not words:
         raise CorpusError(f"corpus {cfg.kind} ({cfg.path or cfg.lang}) holds no words")
     log.info("corpus %s: %d distinct words", cfg.kind, len(words))
     return words
+
+
+WIKITEXT_REMEDY = (
+    "WikiText-103 (the paper's fitting corpus) needs the `datasets` package (pip install "
+    "'fuse-repro[wikitext]') and the Hugging Face hub once (or HF_DATASETS_OFFLINE=1 with it "
+    "cached); without them set adapter.corpus.kind=wordfreq (README: fitting corpus)"
+)
+
+
+def _datasets_module() -> Any:
+    try:
+        import datasets
+    except ImportError as err:
+        raise CorpusError(
+            f"adapter.corpus.kind=wikitext: no `datasets` package. {WIKITEXT_REMEDY}") from err
+    return datasets
+
+
+def check_corpus(cfg: CorpusConfig, *, random_weights: bool = False) -> None:
+    """Config-time check, before any model loads: a wikitext corpus needs the `datasets` package
+    unless the run has random weights (then ``fitting_corpus`` may stand wordfreq in)."""
+    if cfg.kind == "wikitext" and not random_weights:
+        _datasets_module()
+
+
+def fitting_corpus(
+    cfg: CorpusConfig, *, random_weights: bool = False
+) -> tuple[list[str], dict[str, Any]]:
+    """The words an adapter fit reads, and their ``corpus_identity`` (part of the cache key).
+
+    One stand-in, never silent: when the corpus is WikiText, it cannot be had (no `datasets`, no
+    hub) and ``random_weights`` (both models of the fit have random weights, ``weights=random``),
+    the fit reads the wordfreq list instead, logs a warning naming why, and records
+    ``stand_in_for: wikitext`` in the identity (so the cache key and the adapter's meta.json say
+    so). With random embedding tables the maps carry no knowledge anyway; the corpus then only
+    sets the bucket sizes, and wordfreq fills every bucket the paper's shapes need. A pretrained
+    run never substitutes: it fails with the ``CorpusError`` and its remedy.
+    """
+    try:
+        words = load_corpus_words(cfg)
+    except CorpusError as err:
+        if not (random_weights and cfg.kind == "wikitext"):
+            raise
+        stand_in = CorpusConfig(kind="wordfreq", lang="en", max_words=cfg.max_words)
+        reason = str(err).split(". ")[0]  # the cause, without the remedy
+        log.warning("weights=random: the fitting corpus WikiText cannot be had (%s); fitting on "
+                    "the wordfreq list instead (recorded as stand_in_for=wikitext in the adapter "
+                    "key)", reason)
+        words = load_corpus_words(stand_in)
+        return words, {**corpus_identity(stand_in, words), "stand_in_for": "wikitext"}
+    return words, corpus_identity(cfg, words)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,10 +192,51 @@ def corpus_identity(cfg: CorpusConfig, words: list[str]) -> dict[str, Any]:
 TOKENIZED_FORMAT = 1
 
 
+@dataclass(frozen=True)
+class TokenizedWords:
+    """The token ids of W words, packed: word k is ``flat[starts[k] : starts[k] + lengths[k]]``."""
+
+    lengths: np.ndarray  # (W,) int64
+    flat: np.ndarray  # (sum(lengths),) int64
+
+    @staticmethod
+    def from_lists(ids: list[list[int]]) -> TokenizedWords:
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+        return TokenizedWords(lengths, flat)
+
+    @property
+    def starts(self) -> np.ndarray:
+        return np.cumsum(self.lengths) - self.lengths  # (W,)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def select(self, index: Any) -> list[list[int]]:
+        """The id lists of the words at ``index`` (a sequence of word positions)."""
+        index = np.asarray(index, dtype=np.int64)
+        starts, lengths = self.starts[index], self.lengths[index]
+        flat = self._flat_list
+        return [flat[a : a + n] for a, n in zip(starts.tolist(), lengths.tolist())]
+
+    @functools.cached_property
+    def _flat_list(self) -> list[int]:
+        return self.flat.tolist()
+
+    def lists(self) -> list[list[int]]:
+        return self.select(np.arange(len(self)))
+
+    def any_of(self, ids: frozenset[int] | set[int]) -> np.ndarray:
+        """(W,) bool: the words holding at least one of ``ids``."""
+        hit = np.isin(self.flat, np.fromiter(ids, dtype=np.int64, count=len(ids)))
+        owner = np.repeat(np.arange(len(self)), self.lengths)  # word of each token
+        return np.bincount(owner[hit], minlength=len(self)) > 0
+
+
 def tokenize_words(
     words: list[str], tokenizer: Any, cache_root: Path | None = None, *, digest: str | None = None,
     chunk: int = 8192,
-) -> list[list[int]]:
+) -> TokenizedWords:
     """``tokenizer.mid_sentence_ids(words)`` (each word as it appears inside a sentence), read
     from ``cache_root/tokenized/<key>`` when a previous fit stored it. ``digest``: the words'
     ``words_digest`` when the caller has it already. ``cache_root=None``: no cache."""
@@ -162,27 +258,110 @@ def tokenize_words(
     for start in tqdm(range(0, len(words), chunk), desc=f"tokenize corpus ({name})", unit="chunk",
                       leave=False):
         ids.extend(tokenizer.mid_sentence_ids(words[start : start + chunk]))
+    packed = TokenizedWords.from_lists(ids)
     if folder is not None:
-        lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
-        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
-        atomic_dir(folder, lambda tmp: np.savez(tmp / "ids.npz", lengths=lengths, flat=flat),
+        atomic_dir(folder, lambda tmp: np.savez(tmp / "ids.npz", lengths=packed.lengths, flat=packed.flat),
                    replace=True)
-    return ids
+    return packed
 
 
-def _read_tokenized(folder: Path, n_words: int) -> list[list[int]] | None:
+def _read_tokenized(folder: Path, n_words: int) -> TokenizedWords | None:
     """The cached ids, or None when absent or damaged (then they are recomputed and rewritten)."""
     path = folder / "ids.npz"
     if not path.exists():
         return None
     try:
         with np.load(path) as data:
-            lengths, flat = data["lengths"], data["flat"]
-        if len(lengths) != n_words or int(lengths.sum()) != len(flat):
-            raise ValueError(f"{len(lengths)} words / {len(flat)} ids, expected {n_words} words")
+            packed = TokenizedWords(data["lengths"].astype(np.int64), data["flat"].astype(np.int64))
+        if len(packed) != n_words or int(packed.lengths.sum()) != len(packed.flat):
+            raise ValueError(f"{len(packed)} words / {len(packed.flat)} ids, expected {n_words} words")
     except Exception as err:  # noqa: BLE001 - any damage means "tokenize again", loudly
         log.warning("tokenized corpus cache %s is unreadable (%s); tokenizing again", folder, err)
         return None
-    ends = np.cumsum(lengths).tolist()
-    flat_list = flat.tolist()
-    return [flat_list[e - n : e] for e, n in zip(ends, lengths.tolist())]
+    return packed
+
+
+# ----------------------------------------------------------------------------------------------
+# Phase timing (FittedAdapter.timings)
+# ----------------------------------------------------------------------------------------------
+@contextmanager
+def timed(timings: dict[str, float] | None, phase: str) -> Iterator[None]:
+    """Add the wall seconds of the block to ``timings[phase]`` (nothing when timings is None)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timings is not None:
+            timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------------------------
+# Bucketing: which words fit which map
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Bucket:
+    length: int  # l, the target token count
+    fit_src: list[list[int]]  # source ids of each fit word
+    fit_tgt: list[list[int]]
+    held_src: list[list[int]]
+    held_tgt: list[list[int]]
+    fit_words: list[str]
+    depth: int  # D
+    candidates: int = 0  # corpus words of this length (before sampling)
+
+
+def make_buckets(
+    words: list[str],
+    source_tok: Any,
+    target_tok: Any,
+    max_tokens: int,
+    words_per_bucket: int,
+    heldout_words: int,
+    seed: int,
+    *,
+    cache_root: Path | None = None,
+    digest: str | None = None,
+    timings: dict[str, float] | None = None,
+) -> dict[int, Bucket]:
+    """Split ``words`` by target token count (1..L) and draw the seeded fit / held-out samples.
+
+    Words are tokenized in their mid-sentence form; a word qualifies for bucket ``l`` when its
+    target tokenization has exactly ``l`` tokens and its source tokenization 1..L tokens, none of
+    them special (unknown-token words would only teach the map noise). ``cache_root``: where the
+    tokenized corpus is cached per tokenizer (``corpus.tokenize_words``); ``digest`` the words'
+    hash when known.
+    """
+    with timed(timings, "tokenize source"):
+        src = tokenize_words(words, source_tok, cache_root, digest=digest)
+    with timed(timings, "tokenize target"):
+        tgt = tokenize_words(words, target_tok, cache_root, digest=digest)
+    usable = (tgt.lengths >= 1) & (tgt.lengths <= max_tokens) & (src.lengths >= 1) & (src.lengths <= max_tokens)
+    usable &= ~tgt.any_of(target_tok.special_ids) & ~src.any_of(source_tok.special_ids)  # (W,)
+    buckets: dict[int, Bucket] = {}
+    for l in range(1, max_tokens + 1):
+        candidates = np.flatnonzero(usable & (tgt.lengths == l))  # corpus order
+        # One generator per bucket, seeded by (seed, l): a bucket's sample does not depend on
+        # how many words the other buckets drew.
+        rng = np.random.default_rng([seed, l])
+        order = rng.permutation(len(candidates))
+        # Held-out words are drawn first, so a bucket with fewer candidates than N + held-out
+        # still reports a held-out residual (a tenth of its words at most).
+        n_held = heldout_words
+        if len(candidates) < words_per_bucket + heldout_words:
+            n_held = min(heldout_words, len(candidates) // 10)
+        held_idx = candidates[order[:n_held]]
+        fit_idx = candidates[order[n_held : n_held + words_per_bucket]]
+        depth = max(l, int(src.lengths[fit_idx].max())) if len(fit_idx) else l
+        # Held-out words whose source form is deeper than the fitted map cannot be evaluated.
+        held_idx = held_idx[src.lengths[held_idx] <= depth]
+        buckets[l] = Bucket(
+            length=l,
+            fit_src=src.select(fit_idx),
+            fit_tgt=tgt.select(fit_idx),
+            held_src=src.select(held_idx),
+            held_tgt=tgt.select(held_idx),
+            fit_words=[words[k] for k in fit_idx.tolist()],
+            depth=depth,
+            candidates=len(candidates),
+        )
+    return buckets

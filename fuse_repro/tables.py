@@ -40,6 +40,7 @@ from fuse_repro.table_render import (
     render_latex,
     render_markdown,
 )
+from fuse_repro.weights_label import record_is_random
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ def _hydra_labels(config_yaml: Path) -> dict[str, Any]:
     cfg = OmegaConf.load(config_yaml)
     labels: dict[str, Any] = {
         "experiment": OmegaConf.select(cfg, "experiment_name", default=None),
+        "weights": OmegaConf.select(cfg, "weights", default=None),
         "dataset": OmegaConf.select(cfg, "dataset.name", default=None),
         "method": OmegaConf.select(cfg, "search.method", default=None),
     }
@@ -208,6 +210,8 @@ def collect_runs(roots: Sequence[str | Path]) -> list[RunRecord]:
             info = read_run_info(info_path) if info_path is not None else {}
             cfg_path = _find_upwards(run_dir, root, ".hydra/config.yaml")
             hydra = _hydra_labels(cfg_path) if cfg_path is not None else {}
+            if problem is None and record_is_random(metrics, info, hydra):
+                problem = "random weights (weights=random): its scores are not results"
             ds = metrics.get("dataset")
             ds_name = ds.get("name") if isinstance(ds, dict) else None
             label = _first(metrics.get("label"), info.get("label"))

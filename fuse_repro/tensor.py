@@ -61,6 +61,16 @@ def _check_tensor(x: object, name: str) -> torch.Tensor:
     return x
 
 
+def _broadcast(x: tuple[int, ...], y: tuple[int, ...]) -> tuple[int, ...]:
+    """``torch.broadcast_shapes`` for two shapes, without its first-call import of torch.fx and
+    sympy (about a second per process). RuntimeError when they do not broadcast."""
+    n = max(len(x), len(y))
+    x, y = (1,) * (n - len(x)) + tuple(x), (1,) * (n - len(y)) + tuple(y)
+    if any(p != q and 1 not in (p, q) for p, q in zip(x, y)):
+        raise RuntimeError(f"shapes {x} and {y} do not broadcast")
+    return tuple(q if p == 1 else p for p, q in zip(x, y))
+
+
 def _check_pair(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str]) -> None:
     """Two operands must agree in dtype and device and have broadcastable leading dims."""
     na, nb = names
@@ -69,7 +79,7 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str]) -> Non
     if a.device != b.device:
         raise ValueError(f"{na} and {nb} must be on the same device, got {a.device} and {b.device}")
     try:
-        torch.broadcast_shapes(a.shape[:-3], b.shape[:-3])
+        _broadcast(a.shape[:-3], b.shape[:-3])
     except RuntimeError:
         raise ValueError(
             f"leading batch dims of {na} {tuple(a.shape)} and {nb} {tuple(b.shape)} do not "
@@ -117,12 +127,21 @@ def tpad(a: torch.Tensor, p: int) -> torch.Tensor:
     return torch.nn.functional.pad(a, (0, p - pa))  # (..., m, k, p)
 
 
-def tprod(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def tprod(a: torch.Tensor, b: torch.Tensor, *, algorithm: str = "fft") -> torch.Tensor:
     """t-product ``a * b``: (..., m, k, pa) x (..., k, n, pb) -> (..., m, n, max(pa, pb)).
 
     The shallower operand is zero-padded to the deeper depth (``rfft(..., n=p)`` pads for us).
     Leading dims broadcast. Differentiable: rfft, matmul and irfft all have autograd rules.
+
+    ``algorithm``: "fft" (default) multiplies complex Fourier slices; "real" forms the F real
+    Fourier slices as explicit DFT sums (as :func:`tlstsq` does) and multiplies them in real
+    arithmetic, 3 real products per complex slice (Gauss's trick) instead of a complex matmul:
+    about 2x faster for big operands (the fit report's residuals), equal up to rounding.
     """
+    if algorithm not in ("fft", "real"):
+        raise ValueError(f"algorithm must be 'fft' or 'real', got {algorithm!r}")
+    if algorithm == "real":
+        return _tprod_real(a, b)
     _check_tensor(a, "A")
     _check_tensor(b, "B")
     _check_pair(a, b, ("A", "B"))
@@ -136,6 +155,29 @@ def tprod(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     bh = torch.fft.rfft(b, n=p, dim=-1).movedim(-1, -3)  # (..., k, n, F) -> (..., F, k, n)
     ch = (ah @ bh).movedim(-3, -1)  # (..., F, m, n) -> (..., m, n, F)
     return torch.fft.irfft(ch, n=p, dim=-1)  # (..., m, n, p)
+
+
+def _tprod_real(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """tprod(a, b, algorithm="real"): per Fourier slice, real products of the real and
+    imaginary parts; (R + iI)(S + iT) = (RS - IT) + i((R + I)(S + T) - RS - IT)."""
+    _check_tensor(a, "A")
+    _check_tensor(b, "B")
+    _check_pair(a, b, ("A", "B"))
+    if a.shape[-2] != b.shape[-3]:
+        raise ValueError(f"inner dims do not match: A {tuple(a.shape)}, B {tuple(b.shape)}")
+    p = max(a.shape[-1], b.shape[-1])
+    a, b = tpad(a, p), tpad(b, p)
+    slices = []
+    for f in range(p // 2 + 1):
+        ar, ai = _fourier_parts(a, f, a.dtype)  # (..., m, k) each
+        br, bi = _fourier_parts(b, f, b.dtype)  # (..., k, n) each
+        p1 = ar @ br  # (..., m, n)
+        if ai is None or bi is None:
+            slices.append(torch.complex(p1, torch.zeros_like(p1)))
+            continue
+        p2 = ai @ bi
+        slices.append(torch.complex(p1 - p2, (ar + ai) @ (br + bi) - p1 - p2))
+    return torch.fft.irfft(torch.stack(slices, dim=-1), n=p, dim=-1)  # (..., m, n, p)
 
 
 def ttranspose(a: torch.Tensor) -> torch.Tensor:
@@ -198,23 +240,42 @@ def tpinv(a: torch.Tensor, rcond: float | None = None) -> torch.Tensor:
 # least squares (the adapter-fitting hot path)
 
 
-def _fourier_parts(x: torch.Tensor, f: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Real and imaginary parts of Fourier slice f of ``x`` (..., r, c, p) along the depth,
-    computed in real ``dtype``: (re, im) each (..., r, c), ``im`` None for the DC bin (f = 0)
-    and the Nyquist bin (2f = p), whose DFT weights are real. ``re + 1j * im`` equals
-    ``torch.fft.rfft(x, dim=-1)[..., f]`` but only one slice is ever held, so the big
-    (..., r, c, F) complex spectrum is never materialized.
+def _dft_weight(f: int, s: int, p: int) -> tuple[float, float]:
+    """(cos, sin) of the DFT angle 2 pi f s / p, exact at quarter turns (0, 1, -1), so zero
+    weights are skipped rather than multiplied by cos(pi / 2) = 6e-17."""
+    r = (f * s) % p  # reduce first so weights stay exact-ish
+    if (4 * r) % p == 0:
+        return ((1.0, 0.0), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0))[4 * r // p]
+    angle = 2.0 * math.pi * r / p
+    return math.cos(angle), math.sin(angle)
+
+
+def _depth_slices(x: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
+    """The p frontal slices of ``x`` (..., r, c, p), each (..., r, c) in ``dtype``: converted
+    once (copies) when the dtype differs, strided views otherwise."""
+    return [x[..., s].to(dtype) for s in range(x.shape[-1])]
+
+
+def _fourier_parts(
+    x: torch.Tensor | list[torch.Tensor], f: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Real and imaginary parts of Fourier slice f of ``x`` (..., r, c, p) along the depth (or
+    of its ``_depth_slices``), computed in real ``dtype``: (re, im) each (..., r, c), ``im``
+    None for the DC bin (f = 0) and the Nyquist bin (2f = p), whose DFT weights are real.
+    ``re + 1j * im`` equals ``torch.fft.rfft(x, dim=-1)[..., f]`` but only one slice is ever
+    held, so the big (..., r, c, F) complex spectrum is never materialized.
     """
-    p = x.shape[-1]
+    slices = _depth_slices(x, dtype) if isinstance(x, torch.Tensor) else x
+    p = len(slices)
     real_bin = f == 0 or 2 * f == p
-    re = torch.zeros(x.shape[:-1], dtype=dtype, device=x.device)  # (..., r, c)
+    re = torch.zeros(slices[0].shape, dtype=dtype, device=slices[0].device)  # (..., r, c)
     im = None if real_bin else torch.zeros_like(re)  # (..., r, c)
-    for s in range(p):
-        xs = x[..., s].to(dtype)  # (..., r, c), a strided view when dtype already matches
-        angle = 2.0 * math.pi * ((f * s) % p) / p  # reduce first so weights stay exact-ish
-        re.add_(xs, alpha=math.cos(angle))
-        if im is not None:
-            im.add_(xs, alpha=-math.sin(angle))
+    for s, xs in enumerate(slices):
+        c, sn = _dft_weight(f, s, p)
+        if c != 0.0:
+            re.add_(xs, alpha=c)
+        if im is not None and sn != 0.0:
+            im.add_(xs, alpha=-sn)
     return re, im
 
 
@@ -334,7 +395,7 @@ def tlstsq(
     m, k, n = a.shape[-3], a.shape[-2], b.shape[-2]
     p = max(a.shape[-1], b.shape[-1])
     a, b = tpad(a, p), tpad(b, p)  # (..., m, k, p), (..., m, n, p); views when depth matches
-    batch = torch.broadcast_shapes(a.shape[:-3], b.shape[:-3])
+    batch = _broadcast(a.shape[:-3], b.shape[:-3])
     if min(m, k) == 0:
         return a.new_zeros(*batch, k, n, p)
     rtol = _default_rcond(m, k, a.dtype) if rcond is None else rcond
@@ -344,9 +405,10 @@ def tlstsq(
 
     # pass 1: per Fourier slice, the small Gram and the small right-hand side
     grams, rhss = [], []  # per f: (..., r, r), (..., r, n) with r = min(m, k)
+    a_s, b_s = _depth_slices(a, acc), _depth_slices(b, acc)  # p x (..., m, k), p x (..., m, n)
     for f in range(nfreq):
-        are, aim = _fourier_parts(a, f, acc)  # (..., m, k) each
-        bre, bim = _fourier_parts(b, f, acc)  # (..., m, n) each
+        are, aim = _fourier_parts(a_s, f, acc)  # (..., m, k) each
+        bre, bim = _fourier_parts(b_s, f, acc)  # (..., m, n) each
         if tall:
             gram, rhs = _normal_equations(are, aim, bre, bim)  # (..., k, k), (..., k, n)
         else:
@@ -356,6 +418,7 @@ def tlstsq(
         grams.append(gram)
         rhss.append(rhs)
 
+    del a_s, b_s
     slices = None
     if tall and solver == "auto":
         slices = _solve_certified(grams, rhss, tol)

@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fuse_repro.config import check_choice, git_commit
+from fuse_repro.weights_label import is_random
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def open_tracker(
         project=logger_cfg.get("project", "fuse-repro"),
         entity=logger_cfg.get("entity"),
         group=group,
-        tags=list(logger_cfg.get("tags") or []),
+        tags=list(logger_cfg.get("tags") or []) + (["random-weights"] if is_random(cfg) else []),
         job_type=job_type,
         name=run_name,
         mode=mode,

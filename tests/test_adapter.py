@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import fuse_repro.corpus as corpus_mod
-from fuse_repro.adapter import AdapterError, cache_fields, fit_adapter, make_buckets, word_tensor
+from fuse_repro.adapter import AdapterError, cache_fields, fit_adapter, word_tensor
 from fuse_repro.config import CorpusConfig, stable_hash
-from fuse_repro.corpus import CorpusError, corpus_identity, load_corpus_words, tokenize_words
+from fuse_repro.corpus import CorpusError, corpus_identity, load_corpus_words, make_buckets, tokenize_words
 from fuse_repro.testing.toy import ToyModel, make_toy_pair, real_shapes_pair, toy_adapter_config
 
 
@@ -288,14 +288,17 @@ def test_cache_load_puts_maps_on_the_requested_device(toy, tmp_path):
 def test_tokenized_corpus_is_cached_per_tokenizer(toy, tmp_path, caplog):
     words = toy.words[:300]
     tok = toy.source.tokenizer
-    fresh = tokenize_words(words, tok, None)
+    fresh = tokenize_words(words, tok, None).lists()
     assert fresh == tok.mid_sentence_ids(words)
     stored = tokenize_words(words, tok, tmp_path)
     entries = list((tmp_path / "tokenized").iterdir())
-    assert stored == fresh and len(entries) == 1
+    assert stored.lists() == fresh and len(entries) == 1
+    assert stored.select([3, 0]) == [fresh[3], fresh[0]]
     with caplog.at_level(logging.INFO, logger="fuse_repro.corpus"):
         again = tokenize_words(words, tok, tmp_path)
-    assert again == fresh and "cache hit" in caplog.text
+    assert again.lists() == fresh and "cache hit" in caplog.text
+    special = {fresh[5][0]}  # a token of word 5 only (toy pieces belong to one word)
+    assert np.flatnonzero(again.any_of(special)).tolist() == [5]
     # another tokenizer or other words are other entries
     tokenize_words(words, toy.target.tokenizer, tmp_path)
     tokenize_words(words[:-1], tok, tmp_path)
@@ -305,9 +308,9 @@ def test_tokenized_corpus_is_cached_per_tokenizer(toy, tmp_path, caplog):
     np.savez(ids_file, lengths=np.array([1], dtype=np.int32), flat=np.array([5]))
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="fuse_repro.corpus"):
-        assert tokenize_words(words, tok, tmp_path) == fresh
+        assert tokenize_words(words, tok, tmp_path).lists() == fresh
     assert "unreadable" in caplog.text
-    assert tokenize_words(words, tok, tmp_path) == fresh
+    assert tokenize_words(words, tok, tmp_path).lists() == fresh
 
 
 # ----------------------------------------------------------------------------------------------

@@ -115,8 +115,10 @@ def test_missing_hub_model_is_one_line(env, capsys, monkeypatch):
 
 def test_paper_experiment_without_its_data_is_one_line(env, capsys, monkeypatch):
     monkeypatch.setenv("FUSE_DATA_DIR", str(env["root"] / "no_data"))
-    code, out, err = run_entry(["experiment=paper_coco_fuse", "logger=none"], capsys, monkeypatch)
+    code, out, err = run_entry(["experiment=paper_coco_fuse", "adapter.corpus.kind=wordfreq",
+                                "logger=none"], capsys, monkeypatch)
     assert_one_line(code, out, err, "no_data")
+    assert "resolved config" not in out  # the data are checked before any model loads
 
 
 def test_unwritable_output_folder_is_one_line(env, capsys, monkeypatch):
@@ -212,3 +214,22 @@ def test_subprocess_ctrl_c_is_one_line_with_the_resume_command(env):
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
     assert last.endswith("Resume with: python run.py " + " ".join(args)), last
+
+
+def test_optimized_metric_is_what_a_sweeper_gets():
+    import importlib
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    for stage in ("pipeline", "fit", "caption", "score", "table", "merge"):
+        assert hasattr(importlib.import_module(app.STAGES[stage]), "OPTIMIZED_METRIC"), stage
+    module = SimpleNamespace(OPTIMIZED_METRIC="CIDEr")
+    cfg = OmegaConf.create({"stage": "score", "optimized_metric": None})
+    result = {"objective": 0.4, "CIDEr": 0.4, "metrics": {"Bleu_4": 0.1}}
+    assert app.optimized_value(cfg, module, result) == 0.4
+    cfg.optimized_metric = "Bleu_4"
+    assert app.optimized_value(cfg, module, result) == 0.1
+    cfg.optimized_metric = "SPIDEr"
+    with pytest.raises(ConfigError, match=r"optimized_metric='SPIDEr' is not a result of stage=score"):
+        app.optimized_value(cfg, module, result)

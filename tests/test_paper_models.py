@@ -371,3 +371,15 @@ def test_bridge_gradient_on_real_words(real_pair_bridge: Bridge, gpt2_tok) -> No
     for (a, b), path in zip(spans, paths):
         norm = float(grad[a:b].norm())
         assert (norm > 0) == (path == "fitted"), (text.split(), path, norm)
+
+
+def test_word_lengths_benchmark_counts(gpt2_tok: HFTokenizer, clip_tok: OpenClipTokenizer) -> None:
+    """benchmarks/word_lengths.py counts each word's GPT-2 and CLIP tokens as the bridge does."""
+    from benchmarks.word_lengths import report, word_lengths
+
+    counts = word_lengths(["A dog. 2024", "a dog."], gpt2_tok, clip_tok)
+    # "A" (sentence-initial) and "a" are different words; "dog." is Ġdog + . / dog</w> + .</w>.
+    assert counts == {("A", 1, 1): 1, ("a", 1, 1): 1, ("dog.", 2, 2): 2, ("2024", 1, 4): 1}
+    table = report(counts, range(1, 5)).splitlines()
+    assert table[2].split()[:3] == ["1", "40.00%", "40.00%"]  # 2 of 5 occurrences: A, a
+    assert table[5].split()[:3] == ["4", "100.00%", "100.00%"]

@@ -171,6 +171,11 @@ def test_submitit_local_shards_merge_to_the_unsharded_run(workdir, unsharded, sw
             b["losses"],
         )
     assert json.loads((merged_dir / "run_info.json").read_text())["stage"] == "merge"
+    # Shards of one sweep were made with the same settings: the merge keeps their provenance.
+    shard_hashes = {json.loads((sweep_dir / str(n) / "captions_config.json").read_text())["hash"]
+                    for n in range(2)}
+    merged_hash = json.loads((merged_dir / "captions_config.json").read_text())["hash"]
+    assert shard_hashes == {merged_hash}
 
 
 @pytest.mark.slow
@@ -188,4 +193,4 @@ def test_multirun_writes_sweep_summary(sweep):
     # Shards differ in dataset.subset.index, a key that determines the run: distinct hashes.
     assert rows[0]["run_info.config_hash"] != rows[1]["run_info.config_hash"]
     # stage=caption writes no metrics.json (stage=score does): the rows say so.
-    assert [r["status"] for r in rows] == ["no metrics.json"] * 2
+    assert [r["status"] for r in rows] == ["finished, no metrics.json"] * 2

@@ -91,10 +91,11 @@ def test_references_agree():
     torch.testing.assert_close(ref_bcirc(a, b), ref_conv(a, b))
 
 
+@pytest.mark.parametrize("algorithm", ["fft", "real"])
 @pytest.mark.parametrize("pa,pb", [(p, p) for p in range(1, 7)] + [(2, 5), (5, 2), (1, 4), (4, 3)])
-def test_tprod_matches_definition_float64(pa, pb):
+def test_tprod_matches_definition_float64(pa, pb, algorithm):
     a, b = _rand(3, 4, pa, seed=pa), _rand(4, 5, pb, seed=10 + pb)
-    out = tprod(a, b)
+    out = tprod(a, b, algorithm=algorithm)
     assert out.shape == (3, 5, max(pa, pb))
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, ref_bcirc(a, b), rtol=1e-12, atol=1e-12)
@@ -122,6 +123,9 @@ def test_tprod_batched_broadcast(shape_a, shape_b):
     a, b = _rand(*shape_a, seed=5), _rand(*shape_b, seed=6)
     out = tprod(a, b)
     torch.testing.assert_close(out, ref_batched(ref_bcirc, a, b), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(tprod(a, b, algorithm="real"), out, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="algorithm"):
+        tprod(a, b, algorithm="svd")
 
 
 def test_tprod_associative_and_distributive():

@@ -1,14 +1,15 @@
 """Schemas of the ``model`` group: one dataclass per backend family.
 
 Every ``conf/model/<name>.yaml`` names its schema first in its own defaults list
-(``defaults: [schema_hf, _self_]``), the pattern of Hydra's "Structured Config schema" tutorial, so a
+(``- /schema/model/hf@_here_``; the schemas sit in the ConfigStore group ``schema/model``, apart
+from the model options), the pattern of Hydra's "Structured Config schema" tutorial. So a
 misspelled key fails while composing, naming the key and the file, wherever the model is placed
 (``model@source``, ``model@target``, ``model@objective.terms.<term>.model``). Values live in the
 yaml: fields a model must state are MISSING here; fields with a default here are left out of the
 yaml unless a model changes them.
 
-Add a backend: a subclass here (only the keys its loader reads), an entry in ``MODEL_SCHEMAS``,
-and ``defaults: [schema_<backend>, _self_]`` in its yaml files.
+Add a backend: a subclass here (only the keys its loader reads, and ``BACKENDS``), an entry in
+``MODEL_SCHEMAS``, and ``- /schema/model/<entry>@_here_`` first in its yaml files' defaults.
 """
 
 from __future__ import annotations

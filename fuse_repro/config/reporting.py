@@ -54,10 +54,9 @@ class SentimentScoringConfig:
 class ScoringConfig:
     """Caption scoring with pycocoevalcap; metrics.json keeps its 0-1 scale."""
 
-    # The captions file stage=score reads (null: this run's captions.jsonl) and where its
-    # metrics go (null: beside it).
+    # The results file stage=score reads: our captions.jsonl or a COCO results JSON
+    # ([{"image_id", "caption"}]); null = this run's captions.jsonl. Scores go to the run folder.
     captions: str | None = None
-    out_dir: str | None = None
     # Score only rows of this method (a captions file may hold several); null = its one method.
     method: str | None = None
     # Any of Bleu (1-4, with its statistics), METEOR, ROUGE_L, CIDEr, SPICE (case-insensitive).

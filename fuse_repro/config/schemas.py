@@ -21,6 +21,7 @@ Validation lives in ``__post_init__``: it runs once, when a stage converts its g
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -279,6 +280,7 @@ class DatasetConfig:
     require_images: bool = False
     # Each item's first reference becomes its text target (offline stand-in for an image).
     target_from_references: bool = False
+    # Read by format synthetic_images only (always present, so an override never meets null).
     synthetic: SyntheticImagesConfig = field(default_factory=SyntheticImagesConfig)
     subset: SubsetConfig = field(default_factory=SubsetConfig)
 
@@ -291,5 +293,9 @@ class DatasetConfig:
             raise ConfigError("dataset format 'image_folder' needs dataset.image_dir")
         if self.sentiment is not None:
             check_choice("dataset.sentiment", self.sentiment, SENTIMENTS)
+        unread = dataclasses.replace(self.synthetic, seed=SyntheticImagesConfig.seed)
+        if self.format != "synthetic_images" and unread != SyntheticImagesConfig():
+            raise ConfigError(f"dataset.synthetic is read by format synthetic_images only, not "
+                              f"{self.format!r} (dataset={self.name}); remove the override")
         if self.format == "senticap" and self.sentiment is None:
             raise ConfigError("dataset format 'senticap' needs dataset.sentiment: positive or negative")

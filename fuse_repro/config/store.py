@@ -251,6 +251,9 @@ def compose_error_line(err: BaseException) -> str:
         override = texts[0].replace("Error merging override", "").strip()
         cause = texts[1].strip().splitlines()[0]
         return f"bad override {override}: {cause}"
+    if "Unexpected type for root: NoneType" in text:  # Hydra asserts on `a.b=1` when a is null
+        return ("an override sets a key inside a config node that is null here; set the whole "
+                "node instead (e.g. 'source.tokenizer={source: hf, name_or_path: gpt2}')")
     lines = [line.strip() for line in texts[0].strip().splitlines() if line.strip()]
     if lines and lines[0].startswith("In '") and "Could not find" in lines[0]:
         options = [ln for ln in lines[2:] if not ln.startswith(("Config search path", "provider="))]

@@ -22,8 +22,9 @@ from tqdm.auto import tqdm
 
 from fuse_repro.adapter import fit_adapter
 from fuse_repro.bridge import Bridge
-from fuse_repro.config import AdapterConfig, ModelConfig, SearchConfig, convert
-from fuse_repro.errors import ConfigError
+from fuse_repro.config import AdapterConfig, ModelConfig, ObjectiveConfig, SearchConfig, convert
+from fuse_repro.corpus import check_corpus
+from fuse_repro.errors import ConfigError, FuseError
 from fuse_repro.models import load_model
 from fuse_repro.objectives import OBJECTIVES, ObjectiveError, SecondaryObjective, build_objective
 from fuse_repro.provenance import check_provenance, results_fields
@@ -36,6 +37,7 @@ from fuse_repro.records import (
 from fuse_repro.runtime import resolve_device
 from fuse_repro.search import encode_prefix, timed_search
 from fuse_repro.tracking import Tracker, open_tracker
+from fuse_repro.weights_label import banner, is_random
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ def build_captioner(
 ) -> Captioner:
     """Load the primary model and every secondary model, and fit (or load) one adapter per
     secondary. Models shared by several terms are loaded once."""
-    objective = convert(objective_cfg)  # weights checked before any model loads
+    objective = convert(objective_cfg, ObjectiveConfig)  # weights checked before models load
     primary = load_model(source_cfg, cache_dir=cache_dir, device=device)
     terms = objective_cfg.get("terms") or {}
     loaded: dict[str, Any] = {}
@@ -136,9 +138,9 @@ def check_objective_fits_dataset(objective_cfg: Any, items: list[Any], dataset: 
 def check(cfg: DictConfig) -> None:
     """Config-only validation of a caption run (pipeline uses it too)."""
     convert(cfg.source, ModelConfig)
-    convert(cfg.adapter)
+    check_corpus(convert(cfg.adapter).corpus, random_weights=is_random(cfg))
     convert(cfg.search)
-    convert(cfg.objective)
+    convert(cfg.objective, ObjectiveConfig)
     items = dataset_items(cfg)
     check_objective_fits_dataset(cfg.objective, items, str(cfg.dataset.get("name")))
 
@@ -208,15 +210,13 @@ def caption_items(
 
 
 def _item_view(item: Any) -> Any:
-    """The image thumbnail for image items, the target text otherwise (for the wandb table)."""
-    if getattr(item, "image_path", None):
+    """The image thumbnail for image items (on disk or in memory), the target text otherwise
+    (for the wandb table)."""
+    if getattr(item, "has_image", False):
         try:
-            from PIL import Image
-
-            with Image.open(item.image_path) as img:
-                return img.convert("RGB")
-        except OSError:
-            return item.image_path
+            return item.open_image()
+        except (OSError, FuseError):
+            return getattr(item, "image_path", None) or ""
     return getattr(item, "target", None) or ""
 
 
@@ -237,5 +237,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             raise RuntimeError(f"no item could be captioned (see {out_dir / 'errors.jsonl'})")
         mean_total = sum(r["losses"]["total"] for r in records) / max(len(records), 1)
         tracker.summary({"captions": len(records), "mean_total_loss": mean_total})
+    if banner(cfg):
+        print(banner(cfg))
     print(f"{len(records)} captions in {out_dir / CAPTIONS_NAME}")
     return {"captions": len(records), "objective": mean_total, "adapter_keys": captioner.adapter_keys}

