@@ -14,8 +14,9 @@ Part B, a real-weight pair (SmolLM2-135M -> all-MiniLM-L6-v2, offline wheels): h
 relative residual ``|X_i * M_l - X_j| / |X_j|`` on distinct caption words that no fit saw (a
 seeded half of the caption vocabulary), for maps fitted with the same N on (i) the wordfreq
 list and (ii) the other half of the caption vocabulary, both with the held-out words removed;
-next to the mean-embedding baseline. Equal residuals mean the corpus choice does not change
-what the maps generalize to on caption words.
+next to the mean-embedding baseline (the held-out words' own mean: a constant predictor that
+knows the answers' average), split by word form (``KINDS``). Equal residuals would mean the
+corpus choice does not change what the maps generalize to on caption words.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/corpus_choice.py [--words-per-bucket 4096]
         [--cache-dir .cache] [--seed 0]
@@ -46,6 +47,14 @@ from fuse_repro.tokenizers import load_tokenizer  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 L = 4
+# Held-out caption words, split by form: all of them; lower-case letters only (the form of every
+# wordfreq entry, and of WikiText's words once lower-cased: its punctuation is space-separated);
+# the rest (capitalized, punctuation attached as in "table.", digits).
+KINDS = {
+    "all": lambda w: True,
+    "plain": lambda w: w.isalpha() and w.islower(),
+    "other": lambda w: not (w.isalpha() and w.islower()),
+}
 
 
 def caption_texts() -> list[str]:
@@ -102,26 +111,31 @@ def part_b(texts: list[str], wordfreq: list[str], args: argparse.Namespace) -> N
                                 corpus=CorpusConfig(kind="text_file", path=str(path)), seed=args.seed)
             adapter = fit_adapter(src, tgt, cfg, cache)
             fitted = {r["target_tokens"]: r["words"] for r in adapter.report["buckets"]}
-            rows = {}
-            for l, m in adapter.maps.items():
-                depth = m.shape[-1]
-                pick = [k for k, (s, t) in enumerate(zip(s_ids, t_ids)) if len(t) == l and 1 <= len(s) <= depth]
-                x_i = word_tensor(v_i, [s_ids[k] for k in pick], depth, torch.float64)  # (w, d_i, D)
-                x_j = word_tensor(v_j, [t_ids[k] for k in pick], depth, torch.float64)  # (w, d_j, D)
-                pred = tprod(x_i, m.to(torch.float64), algorithm="real")  # (w, d_j, D)
-                mean = word_tensor(v_j, [t_ids[k] for k in pick], depth, torch.float64).mean(0, keepdim=True)
-                rows[l] = (len(pick), fitted[l], relative_residual(pred, x_j),
-                           relative_residual(mean.expand_as(x_j), x_j))
-            results[name] = rows
+            for kind, keep in KINDS.items():
+                rows = {}
+                for l, m in adapter.maps.items():
+                    depth = m.shape[-1]
+                    pick = [k for k, (s, t) in enumerate(zip(s_ids, t_ids))
+                            if len(t) == l and 1 <= len(s) <= depth and keep(held[k])]
+                    if not pick:
+                        continue
+                    x_i = word_tensor(v_i, [s_ids[k] for k in pick], depth, torch.float64)
+                    x_j = word_tensor(v_j, [t_ids[k] for k in pick], depth, torch.float64)
+                    pred = tprod(x_i, m.to(torch.float64), algorithm="real")  # (w, d_j, D)
+                    mean = x_j.mean(0, keepdim=True)  # (1, d_j, D) the held-out words' own mean
+                    rows[l] = (len(pick), fitted[l], relative_residual(pred, x_j),
+                               relative_residual(mean.expand_as(x_j), x_j))
+                results[(name, kind)] = rows
     print(f"\nB. SmolLM2 -> MiniLM, real weights: held-out residual on {len(held)} caption words "
           f"no fit saw (N {args.words_per_bucket})")
     print("| l | held-out words | fit words wordfreq / captions | residual wordfreq-fit | "
           "residual caption-fit | mean baseline |")
     print("|---|---|---|---|---|---|")
-    for l in sorted(results["wordfreq"]):
-        n, fw, rw, base = results["wordfreq"][l]
-        _, fc, rc, _ = results["captions"].get(l, (0, 0, float("nan"), 0))
-        print(f"| {l} | {n} | {fw} / {fc} | {rw:.4f} | {rc:.4f} | {base:.4f} |")
+    for kind in KINDS:
+        for l in sorted(results[("wordfreq", kind)]):
+            n, fw, rw, base = results[("wordfreq", kind)][l]
+            _, fc, rc, _ = results[("captions", kind)].get(l, (0, 0, float("nan"), 0))
+            print(f"| {l} ({kind}) | {n} | {fw} / {fc} | {rw:.4f} | {rc:.4f} | {base:.4f} |")
 
 
 def main() -> None:

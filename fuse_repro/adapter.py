@@ -147,11 +147,12 @@ def word_tensor(
 
 
 def relative_residual(pred: torch.Tensor, target: torch.Tensor) -> float:
-    """|pred - target|_F / |target|_F (nan when the target is empty or zero)."""
-    denom = torch.linalg.vector_norm(target)
+    """|pred - target|_F / |target|_F (nan when the target is empty or zero). The norms
+    accumulate in float64: a float32 sum over 25M entries drifts in the 4th digit."""
+    denom = torch.linalg.vector_norm(target, dtype=torch.float64)
     if target.numel() == 0 or float(denom) == 0.0:
         return float("nan")
-    return float(torch.linalg.vector_norm(pred - target) / denom)
+    return float(torch.linalg.vector_norm(pred - target, dtype=torch.float64) / denom)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,7 +230,8 @@ def fit_fuse_maps(
         with timed(timings, "solve (tlstsq)"):
             m = tlstsq(x_i, x_j, rcond=cfg.rcond, accum_dtype=accum)  # (d_i, d_j, D)
         with timed(timings, "residuals"):
-            mean_j = x_j.mean(dim=0, keepdim=True)  # (1, d_j, D) the mean-embedding baseline
+            # (1, d_j, D) the mean-embedding baseline, summed in float64 like the norms
+            mean_j = x_j.mean(dim=0, keepdim=True, dtype=torch.float64).to(x_j.dtype)
             # The fit residual on a sample of the fitting words (they are in random order
             # already): the full product would cost as much as a third of the solve.
             k = min(len(bucket.fit_src), RESIDUAL_SAMPLE)

@@ -140,8 +140,6 @@ def tprod(a: torch.Tensor, b: torch.Tensor, *, algorithm: str = "fft") -> torch.
     """
     if algorithm not in ("fft", "real"):
         raise ValueError(f"algorithm must be 'fft' or 'real', got {algorithm!r}")
-    if algorithm == "real":
-        return _tprod_real(a, b)
     _check_tensor(a, "A")
     _check_tensor(b, "B")
     _check_pair(a, b, ("A", "B"))
@@ -151,6 +149,8 @@ def tprod(a: torch.Tensor, b: torch.Tensor, *, algorithm: str = "fft") -> torch.
             f"but B has shape {tuple(b.shape)} = (..., k={b.shape[-3]}, n, p)"
         )
     p = max(a.shape[-1], b.shape[-1])
+    if algorithm == "real":
+        return _tprod_real(tpad(a, p), tpad(b, p))
     ah = torch.fft.rfft(a, n=p, dim=-1).movedim(-1, -3)  # (..., m, k, F) -> (..., F, m, k)
     bh = torch.fft.rfft(b, n=p, dim=-1).movedim(-1, -3)  # (..., k, n, F) -> (..., F, k, n)
     ch = (ah @ bh).movedim(-3, -1)  # (..., F, m, n) -> (..., m, n, F)
@@ -158,16 +158,9 @@ def tprod(a: torch.Tensor, b: torch.Tensor, *, algorithm: str = "fft") -> torch.
 
 
 def _tprod_real(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """tprod(a, b, algorithm="real"): per Fourier slice, real products of the real and
-    imaginary parts; (R + iI)(S + iT) = (RS - IT) + i((R + I)(S + T) - RS - IT)."""
-    _check_tensor(a, "A")
-    _check_tensor(b, "B")
-    _check_pair(a, b, ("A", "B"))
-    if a.shape[-2] != b.shape[-3]:
-        raise ValueError(f"inner dims do not match: A {tuple(a.shape)}, B {tuple(b.shape)}")
-    p = max(a.shape[-1], b.shape[-1])
-    a, b = tpad(a, p), tpad(b, p)
-    slices = []
+    """tprod(a, b, algorithm="real") for checked operands of equal depth p: per Fourier slice,
+    (R + iI)(S + iT) = (RS - IT) + i((R + I)(S + T) - RS - IT) in real products."""
+    p, slices = a.shape[-1], []
     for f in range(p // 2 + 1):
         ar, ai = _fourier_parts(a, f, a.dtype)  # (..., m, k) each
         br, bi = _fourier_parts(b, f, b.dtype)  # (..., k, n) each
@@ -279,10 +272,7 @@ def _fourier_parts(
     return re, im
 
 
-def _fourier_slice(x: torch.Tensor, f: int, dtype: torch.dtype) -> torch.Tensor:
-    """Fourier slice f of ``x`` (..., r, c, p): real (..., r, c) for the DC/Nyquist bins,
-    complex otherwise (see :func:`_fourier_parts`)."""
-    re, im = _fourier_parts(x, f, dtype)
+def _complex(re: torch.Tensor, im: torch.Tensor | None) -> torch.Tensor:
     return re if im is None else torch.complex(re, im)
 
 
@@ -364,14 +354,12 @@ def tlstsq(
     inverse and each slice is solved by Cholesky (a few times cheaper than eigh, equal up to
     rounding); otherwise it falls back to eigh. Wide problems always use eigh.
 
-    Precision trade-off (``accum_dtype``, default ``A.dtype``): the Fourier slices, Gram
-    products and solves run in ``accum_dtype`` and the result is cast back to A's dtype.
-    float32 accumulation is fastest and lightest but its floor is coarse: for min(m, k) = 1024
-    it drops singular values below ~1.1e-2 * sigma_max, and the Gram loses about twice as many
-    digits as the data has. ``accum_dtype=torch.float64`` for float32 data costs more time
-    (about 2x on CPU, far more on GPUs with weak float64) and 2x slice memory, but its floor
-    (~4.8e-7 for 1024) lies below the float32 default rcond (~2e-3 for m = 16384), so it gives
-    what ``tpinv`` gives on the same data.
+    Precision (``accum_dtype``, default ``A.dtype``): the Fourier slices, Grams and solves run
+    in ``accum_dtype``; the result is cast back to A's dtype. float32 is fastest but its floor
+    is coarse (for min(m, k) = 1024 it drops singular values below ~1.1e-2 * sigma_max);
+    float64 for float32 data costs ~2.5x on CPU (far more on GPUs with weak float64) and 2x
+    slice memory, but its floor (~4.8e-7) lies below the float32 default rcond (~2e-3 for
+    m = 16384), so it gives what ``tpinv`` gives on the same data.
 
     Not meant for autograd (eigh gradients are unstable at repeated eigenvalues).
     """
@@ -412,8 +400,8 @@ def tlstsq(
         if tall:
             gram, rhs = _normal_equations(are, aim, bre, bim)  # (..., k, k), (..., k, n)
         else:
-            af = are if aim is None else torch.complex(are, aim)
-            gram, rhs = af @ af.mH, (bre if bim is None else torch.complex(bre, bim))  # (..., m, m)
+            af = _complex(are, aim)
+            gram, rhs = af @ af.mH, _complex(bre, bim)  # (..., m, m), (..., m, n)
         del are, aim, bre, bim
         grams.append(gram)
         rhss.append(rhs)
@@ -474,7 +462,7 @@ def _solve_eigh(
         rhs = rhss[f].to(evecs.dtype)
         xf = evecs @ (inv.unsqueeze(-1) * (evecs.mH @ rhs))  # (..., r, n)
         if a_wide is not None:
-            xf = _fourier_slice(a_wide, f, acc).mH @ xf  # (..., k, m) @ (..., m, n) -> (..., k, n)
+            xf = _complex(*_fourier_parts(a_wide, f, acc)).mH @ xf  # (..., k, m) @ (..., m, n)
         eigs[f] = None  # free the slice's eigenvectors as we go
         slices.append(xf)
     return slices

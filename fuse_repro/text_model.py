@@ -72,8 +72,10 @@ class EmbeddingModel(Protocol):
 @runtime_checkable
 class PrimaryModel(EmbeddingModel, Protocol):
     """What the search needs of the primary causal LM f: an ``EmbeddingModel`` whose ``module``
-    is a transformers causal LM, called as ``module(input_ids=(B, S), past_key_values=...,
-    use_cache=...)`` and returning ``.logits`` (B, S, V) and ``.past_key_values``."""
+    is a transformers causal LM, called as ``module(input_ids=(B, S), cache=<DynamicCache>,
+    use_cache=True)`` (the cache filled in place; ``past_key_values=`` on transformers that
+    predate ``cache``, see ``fuse_repro.search.lm.cache_keyword``) and returning ``.logits``
+    (B, S, V)."""
 
     module: nn.Module
 

@@ -15,7 +15,6 @@ import pytest
 
 from tests.helpers import run_py
 
-
 REDUCED = [
     "logger=none",
     "device=cpu",

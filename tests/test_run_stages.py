@@ -14,7 +14,6 @@ import yaml
 
 from tests.helpers import fresh_cache_sharing_models, head_commit, read_wandb_run, run_py
 
-
 FIT = [
     "stage=fit",
     "model@source=tiny_gpt2",

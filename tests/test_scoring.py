@@ -23,7 +23,6 @@ from fuse_repro.scoring import (
     strip_caption_prefix,
 )
 from fuse_repro.sentiment import SentimentLabelError, sentiment_label_ids
-
 from tests.helpers import REPO, SHARED, needs_shared
 
 FAST = ("Bleu", "ROUGE_L", "CIDEr")  # the metrics without METEOR's ~15 s Java start-up

@@ -33,6 +33,7 @@ from fuse_repro.records import (
     append_caption,
     append_jsonl,
     clean_captions,
+    read_jsonl,
 )
 from fuse_repro.runtime import resolve_device
 from fuse_repro.search import encode_prefix, timed_search
@@ -209,6 +210,13 @@ def caption_items(
     return sorted(done, key=lambda r: order.get(r["id"], len(order)))
 
 
+def nothing_captioned(out_dir: Path, label: str = "") -> FuseError:
+    """The error when every item failed, quoting the first item's error from errors.jsonl."""
+    errors = read_jsonl(out_dir / "errors.jsonl")
+    first = f"; first: item {errors[0].get('id')!r}: {errors[0].get('error')}" if errors else ""
+    return FuseError(f"{label}no item could be captioned (see {out_dir / 'errors.jsonl'}){first}")
+
+
 def _item_view(item: Any) -> Any:
     """The image thumbnail for image items (on disk or in memory), the target text otherwise
     (for the wandb table)."""
@@ -234,7 +242,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         records = caption_items(items, captioner, search_cfg, int(cfg.seed), out_dir, tracker,
                                 fields=fields, resume=resume)
         if not records:
-            raise RuntimeError(f"no item could be captioned (see {out_dir / 'errors.jsonl'})")
+            raise nothing_captioned(out_dir)
         mean_total = sum(r["losses"]["total"] for r in records) / max(len(records), 1)
         tracker.summary({"captions": len(records), "mean_total_loss": mean_total})
     if banner(cfg):

@@ -25,7 +25,12 @@ from fuse_repro.records import (
 )
 from fuse_repro.runtime import resolve_device
 from fuse_repro.stages import caption
-from fuse_repro.stages.caption import build_captioner, caption_items, dataset_items
+from fuse_repro.stages.caption import (
+    build_captioner,
+    caption_items,
+    dataset_items,
+    nothing_captioned,
+)
 from fuse_repro.tracking import open_tracker
 from fuse_repro.weights_label import banner, row_name, weights_fields
 
@@ -172,7 +177,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             records = caption_items(items, captioner, method_cfg, int(cfg.seed), method_dir, tracker,
                                     desc=method, fields=fields[method], resume=resume)
             if not records:
-                raise RuntimeError(f"{method}: no item could be captioned (see {method_dir / 'errors.jsonl'})")
+                raise nothing_captioned(method_dir, label=f"{method}: ")
             captioned = {r["id"] for r in records}
             scored_items = [it for it in items if it.id in captioned]
             metrics = score_captions_file(
