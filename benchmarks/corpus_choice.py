@@ -58,7 +58,8 @@ KINDS = {
 
 
 def caption_texts() -> list[str]:
-    coco = json.loads((DATA / "coco_karpathy" / "captions_karpathy_test5k_cocofmt.json").read_text())
+    coco_file = DATA / "coco_karpathy" / "captions_karpathy_test5k_cocofmt.json"
+    coco = json.loads(coco_file.read_text())
     nocaps = json.loads((DATA / "nocaps_val" / "nocaps_corpus.json").read_text())
     return ([str(a["caption"]).strip() for a in coco["annotations"]]
             + [str(c).strip() for row in nocaps for c in row["caption"]])
@@ -83,8 +84,10 @@ def part_a(texts: list[str], wordfreq: list[str], cache: Path) -> None:
     print("| corpus | words | l=1 | l=2 | l=3 | l=4 | caption occurrences in its buckets |")
     print("|---|---|---|---|---|---|---|")
     total = sum(occurrences.values())
-    for name, words in (("wordfreq (large, en)", wordfreq), ("captions (COCO+NoCaps refs)", caption_words)):
-        b = buckets_of(words, tokenize_words(words, gpt2, cache), tokenize_words(words, clip, cache))
+    for name, words in (("wordfreq (large, en)", wordfreq),
+                        ("captions (COCO+NoCaps refs)", caption_words)):
+        b = buckets_of(words, tokenize_words(words, gpt2, cache),
+                       tokenize_words(words, clip, cache))
         covered = sum(n for w, n in occurrences.items() if any(w in s for s in b.values()))
         print(f"| {name} | {len(words)} | " + " | ".join(str(len(b[l])) for l in range(1, L + 1))
               + f" | {100 * covered / total:.1f}% |")
@@ -108,7 +111,8 @@ def part_b(texts: list[str], wordfreq: list[str], args: argparse.Namespace) -> N
             path = Path(tmp) / f"{name}.txt"
             path.write_text("\n".join(words) + "\n", encoding="utf-8")
             cfg = AdapterConfig(words_per_bucket=args.words_per_bucket, heldout_words=0,
-                                corpus=CorpusConfig(kind="text_file", path=str(path)), seed=args.seed)
+                                corpus=CorpusConfig(kind="text_file", path=str(path)),
+                                seed=args.seed)
             adapter = fit_adapter(src, tgt, cfg, cache)
             fitted = {r["target_tokens"]: r["words"] for r in adapter.report["buckets"]}
             for kind, keep in KINDS.items():
@@ -150,7 +154,8 @@ def main() -> None:
         raise SystemExit(f"error: the caption corpora are read from {DATA}; not found")
     texts = caption_texts()
     wordfreq = load_corpus_words(CorpusConfig(kind="wordfreq"))
-    print(f"{len(texts)} captions (COCO Karpathy test + NoCaps val references); wordfreq {len(wordfreq)} words")
+    print(f"{len(texts)} captions (COCO Karpathy test + NoCaps val references); "
+          f"wordfreq {len(wordfreq)} words")
     if not args.skip_a:
         part_a(texts, wordfreq, args.cache_dir)
     part_b(texts, wordfreq, args)

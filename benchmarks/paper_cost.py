@@ -68,7 +68,12 @@ sys.path.insert(0, str(REPO))
 
 from fuse_repro.adapter import fit_adapter  # noqa: E402
 from fuse_repro.bridge import Bridge  # noqa: E402
-from fuse_repro.config import AdapterConfig, CorpusConfig, SearchConfig, SyntheticImagesConfig  # noqa: E402
+from fuse_repro.config import (  # noqa: E402
+    AdapterConfig,
+    CorpusConfig,
+    SearchConfig,
+    SyntheticImagesConfig,
+)
 from fuse_repro.data.synthetic import read_synthetic_images  # noqa: E402
 from fuse_repro.models import load_model, model_config  # noqa: E402
 from fuse_repro.objectives import build_objective  # noqa: E402
@@ -181,14 +186,19 @@ def objective_weights() -> dict[str, Any]:
             "sentiment": float(node.terms.sentiment.weight)}
 
 
-def fit(primary: Any, target: Any, args: argparse.Namespace, device: torch.device) -> tuple[Any, dict]:
+def fit(
+    primary: Any, target: Any, args: argparse.Namespace, device: torch.device
+) -> tuple[Any, dict]:
     cfg = AdapterConfig(words_per_bucket=args.words_per_bucket, heldout_words=args.heldout_words,
                         corpus=CorpusConfig(kind="wordfreq", max_words=args.corpus_max_words))
+    cpu = time.process_time()
     with Peak(device) as peak:
         adapter, seconds = timed(device, fit_adapter, primary, target, cfg, args.cache_dir,
                                  refit=True, device=device)
+    cpu = time.process_time() - cpu
     buckets = {str(b["target_tokens"]): b.get("words") for b in adapter.report.get("buckets", [])}
-    return adapter, {"seconds": seconds, "peak_bytes": peak.bytes, "timings": adapter.timings,
+    return adapter, {"seconds": seconds, "cpu_seconds": cpu, "peak_bytes": peak.bytes,
+                     "timings": adapter.timings,
                      "words_per_bucket": buckets}
 
 
@@ -228,7 +238,9 @@ def step_split(state: Any, device: torch.device) -> dict[str, Any]:
     tokens = candidates[:, 0].tolist()
     lm.advance([0] * len(tokens), tokens)
     _, t["lm"] = timed(device, lm.advance, list(range(len(tokens))), candidates[:, 1].tolist())
+    cpu = time.process_time()
     _, t["total"] = timed(device, search_step, state)
+    t["total_cpu_seconds"] = time.process_time() - cpu
     t["other"] = max(0.0, t["total"] - sum(t[k] for k in ("lm", "retokenization", "bridge",
                                                             "secondary_fwd_bwd", "secondary_eval")))
     t.update(pairs=len(pairs), beams=len(state.beams), generated_tokens=len(state.beams[0]) - 1,
@@ -264,7 +276,9 @@ def flop_model(step: dict[str, Any], params: dict[str, int], primary_dims: tuple
             "total": evaluation + gradient + lm}
 
 
-def projections(result: dict[str, Any], gpu: dict[str, Any] | None, args: argparse.Namespace) -> list[dict]:
+def projections(
+    result: dict[str, Any], gpu: dict[str, Any] | None, args: argparse.Namespace
+) -> list[dict]:
     """Hours per table row on this device (measured step) and on a GPU (gpu_check or FLOPs)."""
     out = []
     fits = {name: f["seconds"] for name, f in result["fit"].items()}
@@ -278,7 +292,8 @@ def projections(result: dict[str, Any], gpu: dict[str, Any] | None, args: argpar
         gpu_h, gpu_basis = None, None
         if gpu is not None and objective in gpu.get("steps", {}):
             g = gpu["steps"][objective]
-            g_step = {"fuse": g["total"], "random_proposal": g["total"] - g["bridge"] - g["secondary_fwd_bwd"],
+            g_step = {"fuse": g["total"],
+                      "random_proposal": g["total"] - g["bridge"] - g["secondary_fwd_bwd"],
                       "lm_only": g["lm"] + g["other"]}[method]
             caps = gpu.get("captions") or {}
             if objective == "clip" and method == "fuse" and caps.get("seconds_per_step"):
@@ -287,7 +302,8 @@ def projections(result: dict[str, Any], gpu: dict[str, Any] | None, args: argpar
             gpu_h, gpu_basis = (g_fit + images * args.steps * g_step) / 3600, "gpu_check"
         else:
             flops = step["flops"]
-            share = {"fuse": 1.0, "random_proposal": (flops["evaluation"] + flops["lm"]) / flops["total"],
+            share = {"fuse": 1.0,
+                     "random_proposal": (flops["evaluation"] + flops["lm"]) / flops["total"],
                      "lm_only": flops["lm"] / flops["total"]}[method]
             compute = share * flops["total"] / (GPU_FP32_PEAK * GPU_UTILIZATION)
             cpu_bound = step["retokenization"] if method != "lm_only" else 0.0
@@ -307,22 +323,26 @@ def print_report(result: dict[str, Any], rows: list[dict], args: argparse.Namesp
           f"(conf/search/paper.yaml); fit: N {args.words_per_bucket}, L 4, float64, wordfreq")
     print(f"peak memory: {MEMORY_NOTE[result['device'].startswith('cpu')]}; whole process peak "
           f"RSS {result['max_rss_bytes'] / GiB:.2f} GiB")
-    print("\n| fit (refit) | seconds | peak memory (GiB) | words per bucket 1..4 |\n|---|---|---|---|")
+    print("\n| fit (refit) | seconds | CPU seconds | peak memory (GiB) | words per bucket 1..4 |")
+    print("|---|---|---|---|---|")
     for name, f in result["fit"].items():
         words = ", ".join(str(v) for _, v in sorted(f["words_per_bucket"].items()))
-        print(f"| gpt2_medium -> {name} | {f['seconds']:.1f} | {f['peak_bytes'] / GiB:.2f} | {words} |")
+        print(f"| gpt2_medium -> {name} | {f['seconds']:.1f} | {f['cpu_seconds']:.1f} | "
+              f"{f['peak_bytes'] / GiB:.2f} | {words} |")
     parts = ("lm", "retokenization", "bridge", "secondary_fwd_bwd", "secondary_eval", "other")
-    print("\n| step (s) | pairs | " + " | ".join(parts) + " | total | peak memory (GiB) |")
-    print("|---" * (len(parts) + 4) + "|")
+    print("\n| step (s) | pairs | " + " | ".join(parts)
+          + " | total | total CPU s | peak memory (GiB) |")
+    print("|---" * (len(parts) + 5) + "|")
     for name, s in result["steps"].items():
         cells = " | ".join(f"{s[p]:.2f}" for p in parts)
         print(f"| {name} (step {s['generated_tokens'] + 1}) | {s['pairs']} | {cells} | "
-              f"{s['total']:.2f} | {s['peak_bytes'] / GiB:.2f} |")
+              f"{s['total']:.2f} | {s['total_cpu_seconds']:.2f} | {s['peak_bytes'] / GiB:.2f} |")
     caps = result.get("captions")
     if caps:
         print(f"\ncaptions: {caps['images']} synthetic images x {caps['steps']} steps: "
-              f"{caps['seconds_per_caption']:.2f} s per caption, {caps['seconds_per_step']:.3f} s per "
-              f"step, peak memory {caps['peak_bytes'] / GiB:.2f} GiB")
+              f"{caps['seconds_per_caption']:.2f} s per caption, "
+              f"{caps['seconds_per_step']:.3f} s per step, "
+              f"peak memory {caps['peak_bytes'] / GiB:.2f} GiB")
     print("\nPROJECTED (arithmetic on the figures above, not measured): fit once per model pair "
           f"+ images x {args.steps} steps x seconds per step")
     print("| table | row | images | s/step here | hours here | hours on GPU | GPU basis |")
@@ -353,7 +373,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--captions", type=int, default=0, help="caption N synthetic images (GPU)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None, help="write the measurements here")
-    ap.add_argument("--gpu-json", type=Path, default=None, help="a gpu_check.sh JSON to project from")
+    ap.add_argument("--gpu-json", type=Path, default=None,
+                    help="a gpu_check.sh JSON to project from")
     return ap.parse_args(argv)
 
 
@@ -372,15 +393,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             device=device) for k in sorted(needed)}
     primary = models["primary"]
     result: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"cpu ({os.cpu_count()} cores)"),
         "load_average": load, "threads": torch.get_num_threads(), "search": asdict(cfg),
         "weights": "random", "fit": {}, "steps": {},
-        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "gpu_json", "cache_dir")},
+        "settings": {k: v for k, v in vars(args).items()
+                     if k not in ("json", "gpu_json", "cache_dir")},
     }
     bridges = {}
     for name in sorted(needed - {"primary"}):
         adapter, result["fit"][name] = fit(primary, models[name], args, device)
-        bridges[name] = Bridge(primary, models[name], adapter, overflow="random", seed=0, device=device)
+        bridges[name] = Bridge(primary, models[name], adapter, overflow="random", seed=0,
+                               device=device)
         print(f"fit gpt2_medium -> {name}: {result['fit'][name]['seconds']:.1f} s", flush=True)
     clip = build_objective("clip", models["clip"], bridges["clip"], weights["clip"])
     clip.name = "clip"
@@ -391,7 +415,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         senti.name = "sentiment"
         sets["clip_sentiment"] = [clip, senti]
     items = read_synthetic_images(SyntheticImagesConfig(num_images=max(args.captions, 1)))
-    params = {"primary": non_embedding_params(primary.module), "clip": non_embedding_params(models["clip"].module.transformer)}
+    params = {"primary": non_embedding_params(primary.module),
+              "clip": non_embedding_params(models["clip"].module.transformer)}
     if "roberta" in models:
         params["sentiment"] = non_embedding_params(models["roberta"].module)
     dims = tuple(primary.embedding_table().shape[::-1])  # (d_i, V)
@@ -402,12 +427,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"step {name}: {step['total']:.2f} s", flush=True)
     if args.captions:
         with Peak(device) as peak:
-            secs = [timed_search(it, primary, sets["clip"], cfg, weights["lm"], 0)[1] for it in items]
+            secs = [timed_search(it, primary, sets["clip"], cfg, weights["lm"], 0)[1]
+                    for it in items]
         result["captions"] = {"images": len(items), "steps": cfg.steps, "seconds": secs,
                               "seconds_per_caption": sum(secs) / len(secs),
                               "seconds_per_step": sum(secs) / len(secs) / cfg.steps,
                               "peak_bytes": peak.bytes}
-    gpu = json.loads(args.gpu_json.read_text()) if args.gpu_json and args.gpu_json.is_file() else None
+    found = args.gpu_json is not None and args.gpu_json.is_file()
+    gpu = json.loads(args.gpu_json.read_text()) if found else None
     if args.gpu_json and gpu is None:
         print(f"note: --gpu-json {args.gpu_json} not found; using the FLOP model")
     result["max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

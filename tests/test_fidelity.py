@@ -191,7 +191,7 @@ def tiny_objective(tiny_gpt2, tiny_roberta):
     from fuse_repro.config import AdapterConfig, CorpusConfig
     from fuse_repro.objectives import build_objective
 
-    cfg = AdapterConfig(words_per_bucket=256, heldout_words=16, corpus=CorpusConfig(max_words=3000))
+    cfg = AdapterConfig(words_per_bucket=256, heldout_words=16, corpus=CorpusConfig(max_words=20000))
     adapter = fit_adapter(tiny_gpt2, tiny_roberta, cfg, None)
     assert adapter.kind == "fuse"
     bridge = Bridge(tiny_gpt2, tiny_roberta, adapter)

@@ -21,7 +21,7 @@ import pytest
 from fuse_repro import corpus as corpus_mod
 from fuse_repro.config import CorpusConfig
 from fuse_repro.corpus import CorpusError, fitting_corpus, load_corpus_words
-from fuse_repro.tables import collect_runs, our_rows
+from fuse_repro.tables import TABLE1_COLUMNS, collect_runs, our_rows
 from fuse_repro.weights import ModelUnavailableError, gpt2_bpe_dir
 from fuse_repro.weights_label import RANDOM_NOTE
 from tests.helpers import fresh_cache_sharing_models, run_py
@@ -30,7 +30,8 @@ from tests.helpers import fresh_cache_sharing_models, run_py
 def _no_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make WikiText unavailable whatever is installed (as on a machine without the hub)."""
     def missing() -> None:
-        raise CorpusError(f"adapter.corpus.kind=wikitext: no `datasets` package. {corpus_mod.WIKITEXT_REMEDY}")
+        raise CorpusError("adapter.corpus.kind=wikitext: no `datasets` package. "
+                          + corpus_mod.WIKITEXT_REMEDY)
 
     monkeypatch.setattr(corpus_mod, "_datasets_module", missing)
 
@@ -115,7 +116,8 @@ def test_paper_cost_projects_from_a_gpu_check_json() -> None:
 
     from tests.helpers import REPO
 
-    spec = importlib.util.spec_from_file_location("paper_cost", REPO / "benchmarks" / "paper_cost.py")
+    path = REPO / "benchmarks" / "paper_cost.py"
+    spec = importlib.util.spec_from_file_location("paper_cost", path)
     assert spec is not None and spec.loader is not None
     cost = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cost)
@@ -134,7 +136,8 @@ def test_paper_cost_projects_from_a_gpu_check_json() -> None:
     rows = {r["experiment"]: r for r in cost.projections(here, gpu, args)}
     coco = rows["paper_coco_fuse"]
     assert coco["hours_here"] == pytest.approx((360 + 5000 * 16 * 9.0) / 3600)
-    assert coco["hours_gpu"] == pytest.approx((36 + 5000 * 16 * 0.45) / 3600)  # the captions' s/step
+    # on the GPU, COCO uses the 16-step captions' seconds per step
+    assert coco["hours_gpu"] == pytest.approx((36 + 5000 * 16 * 0.45) / 3600)
     neg = rows["paper_senticap_negative_fuse"]
     assert neg["hours_here"] == pytest.approx((360 + 720 + 503 * 16 * 18.0) / 3600)
     assert neg["hours_gpu"] == pytest.approx((36 + 72 + 503 * 16 * 1.8) / 3600)

@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from fuse_repro.config import convert
+from fuse_repro.errors import ConfigError
 from fuse_repro.fidelity import (
     FidelityConfig,
     control_bridges,
@@ -33,10 +34,15 @@ from fuse_repro.fidelity import (
 )
 from fuse_repro.records import write_json, write_jsonl, write_text
 from fuse_repro.runtime import resolve_device
-from fuse_repro.stages.caption import build_captioner
+from fuse_repro.stages import caption
+from fuse_repro.stages.caption import build_captioner, dataset_items
 from fuse_repro.tracking import open_tracker
+from fuse_repro.weights_label import banner
 
 log = logging.getLogger(__name__)
+
+# What a sweeper gets from this stage: the FUSE ranking's mean Spearman over states.
+OPTIMIZED_METRIC = "spearman_fuse"
 
 CSV_HEAD = ["condition", "subset", "spearman", "spearman_se", "spearman_spread"]
 
@@ -121,24 +127,31 @@ def rows_to_markdown(rows: list[dict[str, Any]], recall_k: int, context: dict[st
     return "\n".join(lines) + "\n"
 
 
-def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    from fuse_repro.data import load_dataset
+def check(cfg: DictConfig) -> None:
+    """Config-only validation, before any model loads: what a caption run checks, the fidelity
+    group, and a search that has a gradient to measure."""
+    caption.check(cfg)
+    convert(cfg.fidelity, FidelityConfig)
+    method = convert(cfg.search).method
+    if method != "fuse":
+        raise ConfigError(f"stage=fidelity measures the fuse search's gradient; search.method={method!r} "
+                          "must be fuse")
 
+
+def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    check(cfg)
     fid_cfg = convert(cfg.fidelity, FidelityConfig)
     adapter_cfg = convert(cfg.adapter)
     search_cfg = convert(cfg.search)
-    if search_cfg.method != "fuse":
-        raise ValueError(f"stage=fidelity measures the fuse search's gradient; search.method={search_cfg.method!r} must be fuse")
     device = resolve_device(cfg.device)
-    items = load_dataset(cfg.dataset)
+    items = dataset_items(cfg)
     if fid_cfg.max_items is not None:
         items = items[: fid_cfg.max_items]
-    if not items:
-        raise ValueError(f"dataset {cfg.dataset.get('name')} has no items to measure on")
     captioner = build_captioner(cfg.source, cfg.objective, adapter_cfg, Path(cfg.paths.cache_dir), device)
     searching = [o for o in captioner.objectives if o.weight > 0]
     if not searching:
-        raise ValueError("stage=fidelity needs an objective term with weight > 0 (there is no gradient to measure)")
+        raise ConfigError("stage=fidelity needs an objective term with weight > 0 (there is no gradient "
+                          "to measure)")
     seed = int(cfg.seed)
     controls = control_bridges(searching, fid_cfg, seed)
     start = time.perf_counter()
@@ -182,5 +195,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             tracker.summary({f"fidelity/{row['condition']}/{k}": v for k, v in row.items()
                              if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))})
         tracker.summary({"fidelity/seconds": seconds, "fidelity/states": len(records)})
+    if banner(cfg):
+        print(banner(cfg))
     fuse = next(r for r in rows if r["condition"] == "fuse")
     return {"states": len(records), "spearman_fuse": fuse["spearman"], "seconds": seconds}
