@@ -32,7 +32,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ from fuse_repro.corpus import Bucket, fitting_corpus, make_buckets, timed
 from fuse_repro.errors import FuseError
 from fuse_repro.records import atomic_dir, write_json
 from fuse_repro.tensor import tlstsq, tprod
+
+if TYPE_CHECKING:
+    from fuse_repro.text_model import EmbeddingModel
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +85,8 @@ class FittedAdapter:
 
 
 def cache_fields(
-    source: Any, target: Any, cfg: AdapterConfig, corpus: dict[str, Any] | None = None
+    source: EmbeddingModel, target: EmbeddingModel, cfg: AdapterConfig,
+    corpus: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Exactly what determines the maps (and their fit report). Not device, logger or paths;
     not ``overflow``, which only matters when the adapter is used. ``corpus``: the corpus's
@@ -107,7 +111,7 @@ def cache_fields(
     return fields
 
 
-def adapter_kind(source: Any, target: Any) -> str:
+def adapter_kind(source: EmbeddingModel, target: EmbeddingModel) -> str:
     """identity for the same model, token for an identical tokenizer, fuse otherwise.
 
     "Identical" is decided by comparing tokenizer fingerprints, never model names (method.md).
@@ -179,7 +183,7 @@ def _check_bucket(l: int, bucket: Bucket, cfg: AdapterConfig, row: dict[str, Any
 
 
 def fit_fuse_maps(
-    source: Any, target: Any, cfg: AdapterConfig, words: list[str], *,
+    source: EmbeddingModel, target: EmbeddingModel, cfg: AdapterConfig, words: list[str], *,
     cache_root: Path | None = None, digest: str | None = None, device: str | torch.device | None = None,
     timings: dict[str, float] | None = None,
 ) -> tuple[dict[int, torch.Tensor], dict[str, Any], dict[int, int]]:
@@ -257,7 +261,8 @@ def fit_fuse_maps(
 
 
 def fit_token_map(
-    source: Any, target: Any, cfg: AdapterConfig, device: str | torch.device | None = None
+    source: EmbeddingModel, target: EmbeddingModel, cfg: AdapterConfig,
+    device: str | torch.device | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Section 3.2: ``M = pinv(V_i) @ V_j`` (d_i, d_j) for models sharing one tokenizer."""
     accum = DTYPES[cfg.fit_dtype]
@@ -352,8 +357,8 @@ def save_cached(cache_root: Path, adapter: FittedAdapter) -> Path:
 
 
 def fit_adapter(
-    source: Any, target: Any, cfg: AdapterConfig, cache_root: Path | None, refit: bool = False,
-    device: str | torch.device | None = None,
+    source: EmbeddingModel, target: EmbeddingModel, cfg: AdapterConfig, cache_root: Path | None,
+    refit: bool = False, device: str | torch.device | None = None,
 ) -> FittedAdapter:
     """Load the adapter from the cache, or fit it (and cache it). ``cache_root=None``: no cache
     at all; ``refit``: do not read the adapter cache (the tokenized corpus may still be read).

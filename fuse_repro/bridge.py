@@ -45,12 +45,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from fuse_repro.adapter import AdapterError, FittedAdapter
 from fuse_repro.tensor import tprod, ttranspose
+
+if TYPE_CHECKING:
+    from fuse_repro.text_model import EmbeddingModel
 
 __all__ = ["MAP_KINDS", "OVERFLOW_POLICIES", "Bridge", "TargetBatch"]
 
@@ -133,8 +136,8 @@ class Bridge:
 
     def __init__(
         self,
-        source: Any,
-        target: Any,
+        source: EmbeddingModel,
+        target: EmbeddingModel,
         adapter: FittedAdapter,
         overflow: str = "random",
         seed: int = 0,

@@ -169,3 +169,170 @@ def test_cache_fields_are_exactly_the_documented_fields():
         "corpus_content": corpus,
     }
     assert "corpus_content" not in cache_fields(_model("s", "ts"), _model("t", "tt"), cfg)
+
+
+# ---------------------------------------------------------------------------- search
+# The stub world of tests/test_search_step.py: a bigram LM with an identity embedding table and
+# a per-token-cost objective, all losses known in closed form.
+from tests.test_search_step import (  # noqa: E402
+    PREFIX,
+    TokenCost,
+    V,
+    cfg_of,
+    start,
+    world,
+)
+from fuse_repro.search import (  # noqa: E402
+    build_method,
+    search_caption,
+    search_step,
+    select_beams,
+    should_stop,
+    slot_gradient,
+    start_search,
+    timed_search,
+)
+
+
+class PositionCost(TokenCost):
+    """loss = sum_t (t + 1) * costs[x_t]: the gradient differs at every position."""
+
+    def loss(self, tb):
+        per_token = tb.embeds @ self.costs  # (B, S)
+        pos = torch.arange(1, per_token.shape[1] + 1, dtype=per_token.dtype)  # (S,)
+        return (per_token * pos * tb.attention_mask).sum(-1)
+
+
+class RecordingCost(TokenCost):
+    def prepare(self, item):
+        self.prepared = item
+
+
+def test_slot_gradient_is_the_weighted_sum_at_the_last_position():
+    primary, a = world(seed=11)
+    b = PositionCost(primary, torch.linspace(-1, 1, V), weight=3.0)
+    b.name = "position"
+    zero = TokenCost(primary, torch.ones(V), weight=0.0)
+    zero.name = "zero"
+    seqs = [[1, 2, 3, 4], [4, 3, 2, 1]]  # the slot is the last token, at position 4
+    got = slot_gradient(primary, [zero, a, b], seqs)  # a weight-0 term first: skipped, not a stop
+    want = (a.weight * a.costs + b.weight * 4 * b.costs).expand(2, V)
+    torch.testing.assert_close(got, want)
+    empty = slot_gradient(primary, [zero], seqs)  # nothing weighted: zeros (B, V)
+    assert empty.shape == (2, V) and not empty.any()
+
+
+def test_slot_gradient_without_terms_has_the_vocabulary_width():
+    """(B, V) with V the table's rows, also when the embedding width differs from V."""
+    table = torch.zeros(V, 3)
+    primary = SimpleNamespace(device=torch.device("cpu"), embedding_table=lambda: table,
+                              embed=lambda ids: table[ids])
+    assert slot_gradient(primary, [], [[1, 2]] * 5).shape == (5, V)
+
+
+def test_slot_gradient_builds_ids_on_the_primarys_device():
+    class Seen(Exception):
+        pass
+
+    def embed(ids):
+        raise Seen(ids.device, ids.dtype)
+
+    primary = SimpleNamespace(device=torch.device("meta"), embed=embed)
+    with pytest.raises(Seen) as seen:
+        slot_gradient(primary, [], [[1, 2, 3]])
+    assert seen.value.args == (torch.device("meta"), torch.long)
+
+
+def test_start_search_prepares_the_item_and_seeds_per_item_and_method():
+    primary, _ = world(seed=13)
+    obj = RecordingCost(primary, torch.zeros(V))
+    item = SimpleNamespace(id="img-7")
+    state = start_search(item, primary, [obj], cfg_of(printable_only=False), 1.0, 4)
+    assert obj.prepared is item and state.item is item
+    assert bool(state.allowed[11])  # printable_only=False keeps the newline token
+
+    def spec(*parts):  # the documented derivation: sha256 of "seed|id|method", 63 bits
+        import hashlib
+        digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
+        return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+    assert state.generator.initial_seed() == spec(4, "img-7", "fuse")
+    no_id = start_search(SimpleNamespace(), primary, [obj], cfg_of(method="random_proposal"), 1.0, 4)
+    assert no_id.generator.initial_seed() == spec(4, "", "random_proposal")
+
+
+def test_searching_keeps_only_weighted_objectives():
+    primary, obj = world(seed=14)
+    zero = TokenCost(primary, torch.ones(V), weight=0.0)
+    assert build_method("fuse").searching([zero, obj]) == [obj]
+    assert build_method("random_proposal").searching([zero, obj]) == [obj]
+    assert build_method("lm_only").searching([zero, obj]) == []
+
+
+def test_select_beams_boundaries():
+    assert select_beams(torch.tensor([0.3, 0.1, 0.2]), 1, "abc".__getitem__) == [1]
+    with pytest.raises(AssertionError):
+        select_beams(torch.zeros(2, 2), 1, "ab".__getitem__)
+    with pytest.raises(AssertionError):
+        select_beams(torch.zeros(3), 0, "abc".__getitem__)
+
+
+def test_should_stop_ignores_trailing_whitespace():
+    from tests.test_search_step import StubTokenizer
+
+    tok = StubTokenizer()
+    state = SimpleNamespace(cfg=cfg_of(stop_at_sentence_end=True, min_steps=1, steps=5),
+                            steps_done=2, beams=[tok.encode(" a dog. ")],
+                            primary=SimpleNamespace(tokenizer=tok))
+    assert tok.decode(state.beams[0]) == " a dog. "
+    assert should_stop(state)
+
+
+def test_history_objective_is_the_full_weighted_objective():
+    primary, obj = world(seed=15, weight=2.0)
+    state = start(primary, obj, cfg_of(), lm_weight=3.0)
+    for _ in range(3):
+        search_step(state)
+        h = state.history[-1]
+        assert h["objective"] == pytest.approx(3.0 * h["lm"] + 2.0 * h[obj.name], rel=1e-6)
+
+
+def test_best_step_is_the_earliest_best_beam():
+    """Every step's best total ties (flat LM, no costs): best_step keeps the first step's best
+    beam, which is also what a one-step search returns."""
+    flat = dict(bigram=torch.zeros(V, V), bonus=torch.zeros(V, V), costs=torch.zeros(V))
+    primary, obj = world(**flat)
+    item = SimpleNamespace(id="x")
+    best = search_caption(item, primary, [obj], cfg_of(steps=3, returned="best_step"), 1.0, 0)
+    primary, obj = world(**flat)
+    one = search_caption(item, primary, [obj], cfg_of(steps=1), 1.0, 0)
+    assert len({round(h["total"], 9) for h in best.history}) == 1
+    assert best.ids == one.ids and len(best.ids) == 1
+    # Costs make step 1's second beam differ from its best: best_step must hold beam 0's ids.
+    primary, obj = world(bigram=torch.zeros(V, V), bonus=torch.zeros(V, V), costs=torch.ones(V))
+    best = search_caption(item, primary, [obj], cfg_of(steps=3, returned="best_step"), 1.0, 0)
+    primary, obj = world(bigram=torch.zeros(V, V), bonus=torch.zeros(V, V), costs=torch.ones(V))
+    state = start(primary, obj, cfg_of(steps=3))
+    search_step(state)
+    assert best.ids == state.beams[0] != state.beams[1]
+
+
+def test_search_caption_uses_item_and_seed_and_timed_search_times_it():
+    primary, _ = world(seed=16)
+    obj = RecordingCost(primary, torch.randn(V, generator=torch.Generator().manual_seed(1)))
+    item = SimpleNamespace(id="img-9")
+    cfg = cfg_of(method="random_proposal", steps=3)
+    result = search_caption(item, primary, [obj], cfg, 1.0, 5)
+    assert obj.prepared is item
+    assert result.generated == primary.tokenizer.decode(result.ids)
+    assert result.caption == PREFIX + result.generated
+    state = start_search(item, primary, [obj], cfg, 1.0, 5)
+    for _ in range(3):
+        search_step(state)
+    assert result.ids == state.beams[0]  # the same seeded draws
+    import time
+
+    before = time.perf_counter()
+    timed, seconds = timed_search(item, primary, [obj], cfg, 1.0, seed=5)
+    elapsed = time.perf_counter() - before
+    assert timed.ids == result.ids and 0.0 <= seconds <= elapsed
