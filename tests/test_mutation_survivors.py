@@ -8,15 +8,31 @@ testing section). Everything here runs in well under a second per test, with no 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import time
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from fuse_repro.adapter import FORMAT_VERSION, cache_fields
+from fuse_repro.bridge import Bridge
 from fuse_repro.config import AdapterConfig
 from fuse_repro.config.schemas import CorpusConfig
+from fuse_repro.search import (
+    build_method,
+    search_caption,
+    search_step,
+    select_beams,
+    should_stop,
+    slot_gradient,
+    start_search,
+    timed_search,
+)
 from fuse_repro.tensor import teye, tlstsq, tpad, tpinv, tprod, ttranspose
+from fuse_repro.testing.toy import make_toy_pair, planted_adapter
+from tests.test_search_step import PREFIX, StubTokenizer, TokenCost, V, cfg_of, start, world
 
 
 def _rand(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -64,6 +80,48 @@ def test_teye_shapes_devices_and_bad_sizes():
             teye(bad, 2)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"^dtype must be torch.float32 or torch.float64, got "):
         teye(2, 2, dtype=torch.float16)
+
+
+def test_tensor_type_device_depth_and_broadcast_errors():
+    b = _rand(2, 2, 1)
+    with pytest.raises(TypeError, match=r"^A must be a torch.Tensor, got list"):
+        tprod([1.0], b)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^A and B must be on the same device, got cpu and meta"):
+        tprod(b, torch.zeros(2, 2, 1, dtype=torch.float64, device="meta"))
+    with pytest.raises(ValueError, match=r"do not broadcast: \(2,\) vs \(3,\)$"):
+        tprod(_rand(2, 3, 4, 1), _rand(3, 4, 2, 1))
+    for bad in (2.5, True, 0):
+        with pytest.raises(ValueError, match=r"^p must be an int >= 1, got "):
+            tpad(b, bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^accum_dtype must be torch.float32 or torch.float64, "
+                                         r"got torch.float16"):
+        tlstsq(_rand(5, 3, 2), _rand(5, 2, 2), accum_dtype=torch.float16)
+
+
+def test_rcond_zero_is_a_valid_cutoff():
+    a, b = _rand(7, 3, 2, seed=20), _rand(7, 2, 2, seed=21)
+    torch.testing.assert_close(tpinv(a, rcond=0.0), tpinv(a), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(tlstsq(a, b, rcond=0.0), tprod(tpinv(a), b), rtol=1e-8, atol=1e-12)
+
+
+def test_a_batch_of_three_broadcasts_against_an_unbatched_operand():
+    a, b = _rand(3, 6, 2, 2, seed=22), _rand(6, 3, 2, seed=23)
+    x = tlstsq(a, b)
+    c = tprod(_rand(3, 4, 6, 2, seed=24), b)
+    assert x.shape == (3, 2, 3, 2) and c.shape == (3, 4, 3, 2)
+    for i in range(3):
+        torch.testing.assert_close(x[i], tlstsq(a[i], b), rtol=1e-9, atol=1e-12)
+
+
+def test_tlstsq_of_empty_and_single_column_tensors():
+    assert tlstsq(torch.zeros(0, 3, 2, dtype=torch.float64), torch.zeros(0, 4, 2, dtype=torch.float64)).shape == (3, 4, 2)
+    empty = tlstsq(torch.zeros(2, 0, 3, 2, dtype=torch.float64), torch.zeros(0, 4, 3, dtype=torch.float64))
+    assert empty.shape == (2, 3, 4, 3) and torch.count_nonzero(empty) == 0
+    for shape in ((5, 1, 3), (1, 4, 3)):  # min(m, k) == 1: a real solution, not zeros
+        a, b = _rand(*shape, seed=25), _rand(shape[0], 2, 3, seed=26)
+        want = tprod(tpinv(a), b)
+        assert torch.count_nonzero(want) > 0
+        torch.testing.assert_close(tlstsq(a, b), want, rtol=1e-8, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------- tensor: tpinv
@@ -174,25 +232,6 @@ def test_cache_fields_are_exactly_the_documented_fields():
 # ---------------------------------------------------------------------------- search
 # The stub world of tests/test_search_step.py: a bigram LM with an identity embedding table and
 # a per-token-cost objective, all losses known in closed form.
-from tests.test_search_step import (  # noqa: E402
-    PREFIX,
-    TokenCost,
-    V,
-    cfg_of,
-    start,
-    world,
-)
-from fuse_repro.search import (  # noqa: E402
-    build_method,
-    search_caption,
-    search_step,
-    select_beams,
-    should_stop,
-    slot_gradient,
-    start_search,
-    timed_search,
-)
-
 
 class PositionCost(TokenCost):
     """loss = sum_t (t + 1) * costs[x_t]: the gradient differs at every position."""
@@ -252,7 +291,6 @@ def test_start_search_prepares_the_item_and_seeds_per_item_and_method():
     assert bool(state.allowed[11])  # printable_only=False keeps the newline token
 
     def spec(*parts):  # the documented derivation: sha256 of "seed|id|method", 63 bits
-        import hashlib
         digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
         return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
@@ -278,8 +316,6 @@ def test_select_beams_boundaries():
 
 
 def test_should_stop_ignores_trailing_whitespace():
-    from tests.test_search_step import StubTokenizer
-
     tok = StubTokenizer()
     state = SimpleNamespace(cfg=cfg_of(stop_at_sentence_end=True, min_steps=1, steps=5),
                             steps_done=2, beams=[tok.encode(" a dog. ")],
@@ -330,9 +366,56 @@ def test_search_caption_uses_item_and_seed_and_timed_search_times_it():
     for _ in range(3):
         search_step(state)
     assert result.ids == state.beams[0]  # the same seeded draws
-    import time
-
     before = time.perf_counter()
     timed, seconds = timed_search(item, primary, [obj], cfg, 1.0, seed=5)
     elapsed = time.perf_counter() - before
     assert timed.ids == result.ids and 0.0 <= seconds <= elapsed
+
+
+# ---------------------------------------------------------------------------- bridge
+def _word_seed(seed: int, word: str, l_i: int, l_j: int) -> int:
+    digest = hashlib.sha256(f"{seed}|{word}|{l_i}|{l_j}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _spec_overflow_rows(g_j: torch.Tensor, l_i: int, d_i: int, word_seed: int) -> torch.Tensor:
+    """The documented overflow Jacobian: per source token t a Gaussian block with entries of
+    variance 1 / (l_j d_j), drawn on the CPU from the word's seed; rows g_i[t] = vec(g_j) @ block."""
+    l_j, d_j = g_j.shape
+    gen = torch.Generator(device="cpu").manual_seed(word_seed)
+    blocks = [torch.randn(l_j * d_j, d_i, generator=gen) * (l_j * d_j) ** -0.5 for _ in range(l_i)]
+    return torch.stack([g_j.reshape(-1) @ b.double() for b in blocks])  # (l_i, d_i)
+
+
+def test_overflow_words_get_the_documented_random_jacobian():
+    pair = make_toy_pair()
+    adapter = planted_adapter(pair)
+    only_one = dataclasses.replace(adapter, maps={1: adapter.maps[1]})  # longer words overflow
+    src, tgt = pair.source.tokenizer, pair.target.tokenizer
+    word = next(w for w in pair.words if len(tgt.word_ids(w)) == 3)
+    l_i, l_j = len(src.word_ids(word)), len(tgt.word_ids(word))
+    bridge = Bridge(pair.source, pair.target, only_one, overflow="random", seed=7)
+    assert bridge.word_paths([src.encode(word)]) == [["overflow"]]
+    e = torch.zeros(1, l_i, pair.source.dim, dtype=torch.float64, requires_grad=True)
+    tb = bridge([src.encode(word)], e)
+    weights = torch.randn(tb.embeds.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    (tb.embeds * weights).sum().backward()
+    g_j = weights[0, 1 : 1 + l_j]  # the word's target rows, after the target's CLS
+    want = _spec_overflow_rows(g_j, l_i, pair.source.dim, _word_seed(7, word, l_i, l_j))
+    torch.testing.assert_close(e.grad[0], want, rtol=1e-12, atol=1e-12)
+
+
+def test_random_control_maps_follow_their_definition():
+    pair = make_toy_pair()
+    adapter = planted_adapter(pair)
+    bridge = Bridge(pair.source, pair.target, adapter)
+    default = bridge.with_maps("random")
+    for seed in (0, 3):
+        rnd = bridge.with_maps("random", seed=seed)
+        for l, m in adapter.maps.items():
+            r = torch.randn(m.shape, generator=torch.Generator().manual_seed(seed * 1009 + l),
+                            dtype=torch.float64)
+            want = (r * (torch.linalg.vector_norm(m.double()) / torch.linalg.vector_norm(r))).float()
+            torch.testing.assert_close(rnd.adapter.maps[l], want, rtol=1e-6, atol=0)
+            if seed == 0:
+                assert torch.equal(default.adapter.maps[l], rnd.adapter.maps[l])  # seed 0 default
