@@ -154,13 +154,20 @@ class Peak:
         self.bytes = max(self._max, self.rss()) - self._start
 
 
+# The clock of every timed part: wall seconds (default; the only meaningful one on CUDA) or this
+# process's CPU seconds (``--clock cpu``): on a shared, busy CPU a single-threaded process's CPU
+# time is what its wall time would be on an idle core, while its wall time depends on the load.
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCK["wall"]
+
+
 def timed(where: torch.device, fn: Any, /, *args: Any, **kwargs: Any) -> tuple[Any, float]:
-    """``fn(*args, **kwargs)`` and its wall seconds (the device synchronized around it)."""
+    """``fn(*args, **kwargs)`` and its seconds on ``clock`` (the device synchronized around it)."""
     sync(where)
-    start = time.perf_counter()
+    start = clock()
     out = fn(*args, **kwargs)
     sync(where)
-    return out, time.perf_counter() - start
+    return out, clock() - start
 
 
 def non_embedding_params(module: torch.nn.Module) -> int:
@@ -191,6 +198,12 @@ def fit(
 ) -> tuple[Any, dict]:
     cfg = AdapterConfig(words_per_bucket=args.words_per_bucket, heldout_words=args.heldout_words,
                         corpus=CorpusConfig(kind="wordfreq", max_words=args.corpus_max_words))
+    if args.no_refit:  # the adapter from the cache (a previous run of this script fitted it)
+        adapter = fit_adapter(primary, target, cfg, args.cache_dir, device=device)
+        if not adapter.from_cache:
+            raise SystemExit("error: --no-refit: the adapter was not in --cache-dir; run without it")
+        return adapter, {"seconds": float("nan"), "cpu_seconds": float("nan"), "peak_bytes": 0,
+                         "timings": {}, "words_per_bucket": {}, "from_cache": True}
     cpu = time.process_time()
     with Peak(device) as peak:
         adapter, seconds = timed(device, fit_adapter, primary, target, cfg, args.cache_dir,
@@ -283,6 +296,8 @@ def projections(
     out = []
     fits = {name: f["seconds"] for name, f in result["fit"].items()}
     for table, row, experiment, images, objective, method in ROWS:
+        if objective not in result["steps"]:  # not measured (--objectives)
+            continue
         step = result["steps"][objective]
         per_step = {"fuse": step["total"],
                     "random_proposal": step["total"] - step["bridge"] - step["secondary_fwd_bwd"],
@@ -319,6 +334,8 @@ def print_report(result: dict[str, Any], rows: list[dict], args: argparse.Namesp
     dev, load = result["device"], result["load_average"]
     print(f"\n== measured on {dev} ({result['threads']} torch thread(s); load average at start "
           f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores) ==")
+    print(f"clock: {result.get('clock', 'wall')} seconds"
+          + (f"; fit figures from {result['fit_from']}" if result.get("fit_from") else ""))
     print(f"search: top_k {args.top_k}, beam {args.beam_width}, steps {args.steps} "
           f"(conf/search/paper.yaml); fit: N {args.words_per_bucket}, L 4, float64, wordfreq")
     print(f"peak memory: {MEMORY_NOTE[result['device'].startswith('cpu')]}; whole process peak "
@@ -372,6 +389,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--objectives", default="clip,clip_sentiment")
     ap.add_argument("--captions", type=int, default=0, help="caption N synthetic images (GPU)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--clock", choices=sorted(CLOCK), default="wall",
+                    help="cpu: this process's CPU seconds (a busy shared CPU, one thread)")
+    ap.add_argument("--no-refit", action="store_true",
+                    help="read the adapters from --cache-dir (no fit figures; see --fit-from)")
+    ap.add_argument("--fit-from", type=Path, default=None,
+                    help="take the fit figures from this earlier --json output")
     ap.add_argument("--json", type=Path, default=None, help="write the measurements here")
     ap.add_argument("--gpu-json", type=Path, default=None,
                     help="a gpu_check.sh JSON to project from")
@@ -379,7 +402,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    global clock
     args = parse_args(argv)
+    clock = CLOCK[args.clock]
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -396,6 +421,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
                    else f"cpu ({os.cpu_count()} cores)"),
         "load_average": load, "threads": torch.get_num_threads(), "search": asdict(cfg),
+        "clock": args.clock,
         "weights": "random", "fit": {}, "steps": {},
         "settings": {k: v for k, v in vars(args).items()
                      if k not in ("json", "gpu_json", "cache_dir")},
@@ -406,6 +432,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bridges[name] = Bridge(primary, models[name], adapter, overflow="random", seed=0,
                                device=device)
         print(f"fit gpt2_medium -> {name}: {result['fit'][name]['seconds']:.1f} s", flush=True)
+    if args.fit_from is not None:
+        result["fit"] = json.loads(args.fit_from.read_text())["fit"]
+        result["fit_from"] = str(args.fit_from)
     clip = build_objective("clip", models["clip"], bridges["clip"], weights["clip"])
     clip.name = "clip"
     sets = {"clip": [clip]}
@@ -425,6 +454,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         step["flops"] = flop_model(step, params, dims)
         result["steps"][name] = step
         print(f"step {name}: {step['total']:.2f} s", flush=True)
+    save(result, args, complete=False)  # kept if the captions below hit a time limit
     if args.captions:
         with Peak(device) as peak:
             secs = [timed_search(it, primary, sets["clip"], cfg, weights["lm"], 0)[1]
@@ -441,11 +471,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = projections(result, gpu, args)
     result["projections"] = rows
     print_report(result, rows, args)
+    save(result, args, complete=True)
+    return result
+
+
+def save(result: dict[str, Any], args: argparse.Namespace, complete: bool) -> None:
+    """Write ``result`` to ``--json`` (``complete`` false: the captions were not timed yet)."""
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
-        print(f"\nwrote {args.json}")
-    return result
+        args.json.write_text(json.dumps({**result, "complete": complete}, indent=2, default=str)
+                             + "\n")
+        if complete:
+            print(f"\nwrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fuse_repro.adapter import FORMAT_VERSION, cache_fields
+from fuse_repro.adapter import FORMAT_VERSION, AdapterError, cache_fields
 from fuse_repro.bridge import Bridge
 from fuse_repro.config import AdapterConfig
 from fuse_repro.config.schemas import CorpusConfig
@@ -419,3 +419,60 @@ def test_random_control_maps_follow_their_definition():
             torch.testing.assert_close(rnd.adapter.maps[l], want, rtol=1e-6, atol=0)
             if seed == 0:
                 assert torch.equal(default.adapter.maps[l], rnd.adapter.maps[l])  # seed 0 default
+
+
+def test_token_and_identity_bridges_on_a_batch():
+    """Shared tokenizer: the target sees the very ids (its specials added), and row b of the batch
+    sends g_b @ A^T to row b; the identity bridge passes embeddings, ids and texts through."""
+    from fuse_repro.adapter import FittedAdapter
+    from fuse_repro.testing.toy import ToyModel
+
+    pair = make_toy_pair()
+    a = torch.randn(pair.source.dim, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    target = ToyModel("toy-linear", pair.source.tokenizer, pair.source.table @ a)
+    token = Bridge(pair.source, target, FittedAdapter(kind="token", key="t", maps={1: a.float()}))
+    tok = pair.source.tokenizer
+    ids = [tok.encode(" ".join(pair.words[:3])), tok.encode(pair.words[5])]
+    texts = [tok.decode(i) for i in ids]
+    e = torch.zeros(2, max(map(len, ids)), pair.source.dim, dtype=torch.float64, requires_grad=True)
+    tb = token(ids, e)
+    full = [tok.with_specials(i) for i in ids]
+    assert tb.ids == [f for f, _ in full] and tb.texts == texts
+    assert tb.embeds.dtype == torch.float64 and tb.attention_mask.dtype == torch.long
+    g = torch.randn(tb.embeds.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    (tb.embeds * g).sum().backward()
+    for b, (f, offset) in enumerate(full):
+        want = g[b, offset : offset + len(ids[b])] @ a.float().double().T
+        torch.testing.assert_close(e.grad[b, : len(ids[b])], want)
+    same = Bridge(pair.source, pair.source, FittedAdapter(kind="identity", key="i"))
+    tb = same(ids, e.detach())
+    assert tb.ids == ids and tb.texts == texts
+    assert tb.attention_mask.tolist() == [[1] * len(i) + [0] * (e.shape[1] - len(i)) for i in ids]
+
+
+def test_fuse_bridge_outputs_defaults_paths_and_messages():
+    pair = make_toy_pair()
+    adapter = planted_adapter(pair)
+    bridge = Bridge(pair.source, pair.target, adapter)
+    assert bridge.seed == 0 and bridge.overflow == "random" and bridge.maps_kind == "fitted"
+    tok = pair.source.tokenizer
+    ids = [tok.encode(" ".join(pair.words[:2])), tok.encode(pair.words[3])]
+    e = torch.zeros(2, max(map(len, ids)), pair.source.dim, dtype=torch.float64)
+    tb = bridge(ids, e)
+    assert tb.texts == [tok.decode(i) for i in ids]
+    assert tb.embeds.dtype == torch.float64 and tb.attention_mask.dtype == torch.long
+    # a word one side tokenizes to nothing takes the "empty" path, whatever the other side has
+    assert [bridge._word_path(0, 2), bridge._word_path(2, 0)] == ["empty", "empty"]
+    # maps are cast once per (device, dtype), and land on the asked device
+    assert all(m.dtype == torch.float16 for m in bridge.maps_on(torch.device("cpu"), torch.float16).values())
+    assert all(m.dtype == torch.float64 for m in bridge.maps_on(torch.device("cpu"), torch.float64).values())
+    assert all(m.device.type == "meta" for m in bridge.maps_on(torch.device("meta"), torch.float32).values())
+    with pytest.raises(AdapterError, match=r"^maps kind 'x' is not one of \['fitted', 'random', 'mean'\]"):
+        Bridge(pair.source, pair.target, adapter, maps_kind="x")
+    with pytest.raises(AdapterError, match=r"^a source sequence is longer than src_embeds' sequence"):
+        bridge(ids, e[:, :1])
+    with pytest.raises(AdapterError, match=r"^the identity bridge has no maps to replace"):
+        Bridge(pair.source, pair.source, dataclasses.replace(adapter, kind="identity", maps={})).with_maps("random")
+    bad = dataclasses.replace(adapter, maps={1: torch.zeros(pair.source.dim + 1, pair.target.dim, 1)})
+    with pytest.raises(AssertionError, match="map 1"):
+        Bridge(pair.source, pair.target, bad)
