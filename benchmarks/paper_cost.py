@@ -89,6 +89,7 @@ from fuse_repro.search import (  # noqa: E402
 )
 
 GiB = 2**30
+nan = float("nan")
 MEMORY_NOTE = {True: "CPU: growth of the resident set over the phase (models excluded)",
                False: "CUDA: torch.cuda.max_memory_allocated during the phase (models included)"}
 # Every row of the paper's Tables 1 and 2 we reproduce (conf/experiment/paper_*), with its test
@@ -344,7 +345,7 @@ def print_report(result: dict[str, Any], rows: list[dict], args: argparse.Namesp
     print("|---|---|---|---|---|")
     for name, f in result["fit"].items():
         words = ", ".join(str(v) for _, v in sorted(f["words_per_bucket"].items()))
-        print(f"| gpt2_medium -> {name} | {f['seconds']:.1f} | {f['cpu_seconds']:.1f} | "
+        print(f"| gpt2_medium -> {name} | {f['seconds']:.1f} | {f.get('cpu_seconds', nan):.1f} | "
               f"{f['peak_bytes'] / GiB:.2f} | {words} |")
     parts = ("lm", "retokenization", "bridge", "secondary_fwd_bwd", "secondary_eval", "other")
     print("\n| step (s) | pairs | " + " | ".join(parts)
@@ -470,8 +471,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     rows = projections(result, gpu, args)
     result["projections"] = rows
-    print_report(result, rows, args)
     save(result, args, complete=True)
+    print_report(result, rows, args)
     return result
 
 

@@ -273,6 +273,15 @@ def main(hydra_entry: Callable[[], Any], argv: list[str] | None = None) -> int:
             line = one_line(ValueError(compose_error_line(err)))
         print(f"error: {line}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except AssertionError as err:
+        # Hydra asserts (rather than raising its own error) on some overrides it cannot apply,
+        # e.g. a key inside a node that is null. Only before the task ran is that the user's.
+        if full or getattr(err, "_fuse_in_task", False):
+            raise
+        from fuse_repro.config import compose_error_line
+
+        print(f"error: {one_line(ValueError(compose_error_line(err)))}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except OSError as err:
         # Before the task ran: Hydra could not create the run folder or save its configs.
         if full or getattr(err, "_fuse_in_task", False):

@@ -84,11 +84,12 @@ BAD_TARGETS = '[{"id": "1", "target": "a dog"}, {"id": "2"'  # cut off: not JSON
         (["resume=maybe"], ["resume", "maybe"]),
         (["threads=0"], ["threads"]),
         (["stage=score", "scoring.captions={root}/none.json"], ["none.json"]),
+        (["stage=fit", "target.tokenizer.source=hf"], ["null", "whole node"]),
     ],
     ids=["beam_width_0", "max_tokens_0", "negative_weight", "missing_image_folder",
          "malformed_targets", "unknown_backend", "image_folder_needs_image_objective",
          "unknown_group_option", "misspelled_key", "unknown_stage", "bad_resume", "threads_0",
-         "missing_results_file"],
+         "missing_results_file", "key_inside_null_node"],
 )
 def test_config_errors_are_one_line_before_any_work(args, needles, env, capsys, monkeypatch):
     (env["root"] / "bad.json").write_text(BAD_TARGETS)

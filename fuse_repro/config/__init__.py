@@ -9,7 +9,7 @@ this package before composing). A stage reads a group once, as a validated datac
 Unknown keys fail while composing (the root schema types every group) or, for ``+key=`` overrides
 and plain mappings, in ``convert``; both name the key and its group. Defaults live in the
 dataclasses; a yaml states only what differs (see ``schemas.py``). How to add a field or a group:
-ARCHITECTURE.md and /work/coord/CONFIG-status.md.
+ARCHITECTURE.md.
 """
 
 from fuse_repro.config.fidelity import FidelityConfig
