@@ -136,7 +136,7 @@ def word_tensor(
     permuted view, so each frontal slice ``x[..., s]`` has contiguous rows (what the Fourier
     slices of ``tlstsq`` read).
     """
-    w, d = len(ids_list), table.shape[1]
+    w = len(ids_list)
     device = table.device if device is None else torch.device(device)
     lengths = np.fromiter(map(len, ids_list), dtype=np.int64, count=w)
     assert (lengths <= depth).all(), "a word is deeper than the tensor"

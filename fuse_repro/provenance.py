@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fuse_repro.config.hashing import placeholders
 from fuse_repro.records import (
     CAPTIONS_NAME,
     PROVENANCE_NAME,
@@ -45,12 +46,6 @@ def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: obj}
 
 
-def _placeholders(node: Any, prefix: str) -> Any:
-    if isinstance(node, dict):
-        return {k: _placeholders(v, f"{prefix}.{k}") for k, v in node.items()}
-    if isinstance(node, list):
-        return [_placeholders(v, f"{prefix}.{i}") for i, v in enumerate(node)]
-    return f"<{prefix}>"
 
 
 def results_fields(cfg: Any, method: str | None = None) -> dict[str, Any]:
@@ -62,7 +57,7 @@ def results_fields(cfg: Any, method: str | None = None) -> dict[str, Any]:
     assert isinstance(raw, dict)
     for key in _MASKED:
         if key in raw:
-            raw[key] = _placeholders(raw[key], key)
+            raw[key] = placeholders(raw[key], key)
     masked = OmegaConf.create(raw)
     kept = {k: OmegaConf.to_container(masked[k], resolve=True) if isinstance(
         masked[k], DictConfig) else masked[k] for k in RESULT_KEYS if k in masked}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,23 @@ def head_commit() -> str:
     """``git rev-parse HEAD`` of the checkout (what run_info.json and wandb must record)."""
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                           check=True, timeout=30).stdout.strip()
+
+
+def isolated_env(root: Path, cache: Path) -> dict[str, str]:
+    """An environment that keeps every file (wandb's included) under ``root``."""
+    wandb_home = root / "wandb_home"
+    env = dict(
+        os.environ,
+        FUSE_CACHE_DIR=str(cache),
+        FUSE_LOG_DIR=str(root / "logs"),
+        FUSE_DATA_DIR=str(root / "data"),
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        WANDB_CONFIG_DIR=str(wandb_home / "config"),
+        WANDB_CACHE_DIR=str(wandb_home / "cache"),
+        WANDB_DATA_DIR=str(wandb_home / "data"),
+        WANDB_SILENT="true",
+    )
+    for key in ("WANDB_MODE", "WANDB_DIR", "WANDB_API_KEY", "HYDRA_FULL_ERROR"):
+        env.pop(key, None)
+    return env

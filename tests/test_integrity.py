@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import REPO, fresh_cache_sharing_models, head_commit, read_wandb_run, run_py
+from tests.helpers import REPO, fresh_cache_sharing_models, head_commit, isolated_env, read_wandb_run, run_py
 
 # What may differ between two runs with the same seed, and nothing else: the wall-clock seconds of
 # every caption (captions.jsonl) and the log, whose lines carry times.
@@ -30,24 +29,6 @@ TIMING_FIELDS = {"captions.jsonl": ("seconds",)}
 TIMING_FILES = {"run.log"}
 
 
-def isolated_env(root: Path, cache: Path) -> dict[str, str]:
-    """An environment that keeps every file (wandb's included) under ``root``."""
-    wandb_home = root / "wandb_home"
-    env = dict(
-        os.environ,
-        FUSE_CACHE_DIR=str(cache),
-        FUSE_LOG_DIR=str(root / "logs"),
-        FUSE_DATA_DIR=str(root / "data"),
-        OMP_NUM_THREADS="1",
-        TOKENIZERS_PARALLELISM="false",
-        WANDB_CONFIG_DIR=str(wandb_home / "config"),
-        WANDB_CACHE_DIR=str(wandb_home / "cache"),
-        WANDB_DATA_DIR=str(wandb_home / "data"),
-        WANDB_SILENT="true",
-    )
-    for key in ("WANDB_MODE", "WANDB_DIR", "WANDB_API_KEY", "HYDRA_FULL_ERROR"):
-        env.pop(key, None)
-    return env
 
 
 # ---------------------------------------------------------------------------- multirun

@@ -5,14 +5,13 @@ including a stage that fails inside an open wandb run."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.helpers import fresh_cache_sharing_models, head_commit, read_wandb_run, run_py
+from tests.helpers import fresh_cache_sharing_models, head_commit, isolated_env, read_wandb_run, run_py
 
 FIT = [
     "stage=fit",
@@ -30,20 +29,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> 
     environment keeping every file, wandb's included, under the test's folder."""
     root = tmp_path_factory.mktemp("run_stages")
     cache = fresh_cache_sharing_models(root, model_cache_dir)
-    wandb_home = root / "wandb_home"
-    env = dict(
-        os.environ,
-        FUSE_CACHE_DIR=str(cache),
-        FUSE_LOG_DIR=str(root / "logs"),
-        FUSE_DATA_DIR=str(root / "data"),
-        TOKENIZERS_PARALLELISM="false",
-        WANDB_CONFIG_DIR=str(wandb_home / "config"),
-        WANDB_CACHE_DIR=str(wandb_home / "cache"),
-        WANDB_DATA_DIR=str(wandb_home / "data"),
-        WANDB_SILENT="true",
-    )
-    for key in ("WANDB_MODE", "WANDB_DIR", "WANDB_API_KEY", "HYDRA_FULL_ERROR"):
-        env.pop(key, None)
+    env = isolated_env(root, cache)
     return {"root": root, "env": env}
 
 

@@ -59,12 +59,12 @@ RUN_HASH_EXCLUDE = (
 )
 
 
-def _placeholders(node: Any, prefix: str) -> Any:
+def placeholders(node: Any, prefix: str) -> Any:
     """Every leaf of an excluded node replaced by the text ``<its.key.path>``."""
     if isinstance(node, dict):
-        return {k: _placeholders(v, f"{prefix}.{k}") for k, v in node.items()}
+        return {k: placeholders(v, f"{prefix}.{k}") for k, v in node.items()}
     if isinstance(node, list):
-        return [_placeholders(v, f"{prefix}.{i}") for i, v in enumerate(node)]
+        return [placeholders(v, f"{prefix}.{i}") for i, v in enumerate(node)]
     return f"<{prefix}>"
 
 
@@ -80,7 +80,7 @@ def run_config_hash(cfg: DictConfig) -> str:
     assert isinstance(raw, dict)
     for key in RUN_HASH_EXCLUDE:
         if key in raw:
-            raw[key] = _placeholders(raw[key], key)
+            raw[key] = placeholders(raw[key], key)
     masked = OmegaConf.create(raw)
     kept = {key: to_plain(masked[key]) for key in masked if key not in RUN_HASH_EXCLUDE}
     return stable_hash(kept)
