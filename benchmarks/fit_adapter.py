@@ -176,6 +176,7 @@ def main() -> int:
     print_run("cold", cold)
     for k, run in enumerate(warm):
         print_run(f"warm {k + 1}", run)
+    f32_ok = False  # float32 is an accepted fast path only when it agrees with float64 (issue 9)
     if f32 is not None:
         print_run("float32", f32)
         print("\nagreement of the float32 fit with the float64 fit (relative; accepted below 1e-3):")
@@ -193,20 +194,26 @@ def main() -> int:
                      for l, m in median_run["adapter"].maps.items())
         print(f"  bridge gradients on {len(SENTENCES)} sentences: rel diff {gd:.2e}")
         print(f"  maps (largest over buckets): rel diff {maps_d:.2e}")
-        print(f"  float32 agreement: {'OK' if max(worst, gd) < 1e-3 else 'NOT ACCEPTABLE'} "
+        f32_ok = max(worst, gd) < 1e-3
+        print(f"  float32 agreement: {'OK' if f32_ok else 'NOT ACCEPTABLE'} "
               f"(worst {max(worst, gd):.2e})")
     print()
     print(f"cold float64 fit (tokenizes) : {cold['wall']:7.2f} s")
     print(f"warm float64 fit             : {median:7.2f} s  median of {len(walls)} "
           f"[{', '.join(f'{w:.2f}' for w in walls)}]  (target < {args.target_s:.0f} s)  "
           f"{'OK' if ok_time else 'MISSED'}")
+    ok_f32 = f32 is not None and f32_ok and f32["wall"] < args.target_s
     if f32 is not None:
-        print(f"warm float32 fit             : {f32['wall']:7.2f} s")
+        print(f"warm float32 fit             : {f32['wall']:7.2f} s  (target < {args.target_s:.0f} s, "
+              f"agreement {'OK' if f32_ok else 'NOT ACCEPTABLE'})  {'OK' if ok_f32 else 'MISSED'}")
     print(f"peak RSS (process lifetime)  : {peak_gb:7.2f} GB  (target < {args.target_gb:.0f} GB)  "
           f"{'OK' if ok_mem else 'MISSED'}")
-    print(f"RESULT: {'PASS' if ok_time and ok_mem else 'FAIL'}")
+    # The time target is met by the float64 fit, or by the float32 fit when it agrees with it.
+    passed = (ok_time or ok_f32) and ok_mem
+    how = "float64" if ok_time else ("fit_dtype=float32 (agrees with float64)" if ok_f32 else "")
+    print(f"RESULT: {'PASS' if passed else 'FAIL'}" + (f" with {how}" if passed else ""))
     print("=" * 78)
-    return 0 if ok_time and ok_mem else 1
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":
