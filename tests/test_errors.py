@@ -111,6 +111,7 @@ def test_missing_hub_model_is_one_line(env, capsys, monkeypatch):
     code, out, err = run_entry(["experiment=paper_coco_fuse", "stage=fit", "logger=none"],
                                capsys, monkeypatch)
     assert_one_line(code, out, err, "gpt2", "weights=random")
+    assert "resolved config" not in out  # checked from the config, before anything loads
     assert run_folders(env["logs"]) == []
 
 

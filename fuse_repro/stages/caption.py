@@ -26,6 +26,7 @@ from fuse_repro.config import AdapterConfig, ModelConfig, ObjectiveConfig, Searc
 from fuse_repro.corpus import check_corpus
 from fuse_repro.errors import ConfigError, FuseError
 from fuse_repro.models import load_model
+from fuse_repro.weights import check_available
 from fuse_repro.objectives import OBJECTIVES, ObjectiveError, SecondaryObjective, build_objective
 from fuse_repro.provenance import check_provenance, results_fields
 from fuse_repro.records import (
@@ -144,6 +145,10 @@ def check(cfg: DictConfig) -> None:
     convert(cfg.objective, ObjectiveConfig)
     items = dataset_items(cfg)
     check_objective_fits_dataset(cfg.objective, items, str(cfg.dataset.get("name")))
+    check_available(cfg.source)
+    for term in (cfg.objective.get("terms") or {}).values():
+        if term.get("model") is not None:
+            check_available(term.model)
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from fuse_repro.adapter import fit_adapter, format_report
 from fuse_repro.config import ModelConfig, convert
 from fuse_repro.models import load_model
+from fuse_repro.weights import check_available
 from fuse_repro.records import write_json
 from fuse_repro.runtime import resolve_device
 from fuse_repro.tracking import open_tracker
@@ -27,6 +28,8 @@ def check(cfg: DictConfig) -> None:
     convert(cfg.source, ModelConfig)
     convert(cfg.target, ModelConfig)
     convert(cfg.adapter)
+    check_available(cfg.source)
+    check_available(cfg.target)
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
