@@ -19,13 +19,17 @@ import inspect
 import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from fuse_repro.bridge import Bridge, TargetBatch
 from fuse_repro.errors import FuseError
+
+if TYPE_CHECKING:
+    from fuse_repro.text_model import SecondaryModel
+
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,7 @@ class SecondaryObjective(ABC):
     # What prepare() needs of an item: "target" (a target text), "image", or None (nothing).
     needs: ClassVar[str | None] = None
 
-    def __init__(self, name: str, model: Any, bridge: Bridge, weight: float) -> None:
+    def __init__(self, name: str, model: SecondaryModel, bridge: Bridge, weight: float) -> None:
         self.name, self.model, self.bridge, self.weight = name, model, bridge, float(weight)
 
     @abstractmethod
@@ -77,7 +81,7 @@ class TextSimilarity(SecondaryObjective):
     metrics = ("cosine",)
     needs = "target"
 
-    def __init__(self, model: Any, bridge: Bridge, weight: float, normalize: bool = True) -> None:
+    def __init__(self, model: SecondaryModel, bridge: Bridge, weight: float, normalize: bool = True) -> None:
         super().__init__("text_similarity", model, bridge, weight)
         self.normalize = normalize
         self.target_embedding: torch.Tensor | None = None  # (e,)
@@ -117,7 +121,7 @@ class ClipImageSimilarity(SecondaryObjective):
     metrics = ("cosine",)
     needs = "image"
 
-    def __init__(self, model: Any, bridge: Bridge, weight: float) -> None:
+    def __init__(self, model: SecondaryModel, bridge: Bridge, weight: float) -> None:
         super().__init__("clip", model, bridge, weight)
         self.image_features: torch.Tensor | None = None  # (e,)
 
@@ -154,7 +158,7 @@ class Sentiment(SecondaryObjective):
 
     metrics = ("cross_entropy",)
 
-    def __init__(self, model: Any, bridge: Bridge, weight: float, sentiment: str | None = None) -> None:
+    def __init__(self, model: SecondaryModel, bridge: Bridge, weight: float, sentiment: str | None = None) -> None:
         super().__init__("sentiment", model, bridge, weight)
         self.default_sentiment = sentiment
         self.label: int | None = None
@@ -203,7 +207,7 @@ def objective_options(kind: str) -> tuple[str, ...]:
     return tuple(p for p in params if p not in ("self", "model", "bridge", "weight"))
 
 
-def build_objective(kind: str, model: Any, bridge: Bridge, weight: float, **kwargs: Any) -> SecondaryObjective:
+def build_objective(kind: str, model: SecondaryModel, bridge: Bridge, weight: float, **kwargs: Any) -> SecondaryObjective:
     """An objective of ``kind``; a key its constructor does not take is one clear error."""
     options = objective_options(kind)
     unknown = sorted(set(kwargs) - set(options))

@@ -12,16 +12,20 @@ n      generated tokens so far (equal for every beam)
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import torch
 
 from fuse_repro.objectives import ObjectiveError
 
+if TYPE_CHECKING:
+    from fuse_repro.text_model import PrimaryModel
+
+
 SENTENCE_END = (".", "!", "?")
 
 
-def allowed_token_mask(model: Any, printable_only: bool = True) -> torch.Tensor:
+def allowed_token_mask(model: PrimaryModel, printable_only: bool = True) -> torch.Tensor:
     """(V,) bool: tokens that may be proposed. Specials never; with ``printable_only`` also not
     tokens that decode to nothing visible, to a newline/tab, or to a broken UTF-8 fragment."""
     cache = getattr(model, "_allowed_mask_cache", None)
@@ -42,7 +46,7 @@ def allowed_token_mask(model: Any, printable_only: bool = True) -> torch.Tensor:
     return mask
 
 
-def encode_prefix(primary: Any, prefix: str) -> list[int]:
+def encode_prefix(primary: PrimaryModel, prefix: str) -> list[int]:
     """The prefix's ids; a clear error when the tokenizer cannot round-trip it."""
     tok = primary.tokenizer
     ids = tok.encode(prefix)
@@ -54,7 +58,7 @@ def encode_prefix(primary: Any, prefix: str) -> list[int]:
     return ids
 
 
-def lm_context(model: Any, prefix_ids: list[int]) -> list[int]:
+def lm_context(model: PrimaryModel, prefix_ids: list[int]) -> list[int]:
     """BOS (if the model uses one) + prefix: the leading specials of ``with_specials`` only."""
     full, offset = model.tokenizer.with_specials(list(prefix_ids))
     return list(full[:offset]) + list(prefix_ids)
@@ -86,7 +90,7 @@ class LMState:
     reorders it to the chosen parents (``Cache.reorder_cache``) before feeding the new tokens.
     """
 
-    def __init__(self, model: Any, context_ids: list[int]) -> None:
+    def __init__(self, model: PrimaryModel, context_ids: list[int]) -> None:
         self.model = model
         self.cache = new_cache(model.module)
         self._keyword = cache_keyword(model.module)
@@ -114,7 +118,7 @@ class LMState:
 
 @torch.no_grad()
 def lm_losses_full(
-    model: Any, prefix_ids: list[int], generated: list[list[int]], lm_term: str = "generated"
+    model: PrimaryModel, prefix_ids: list[int], generated: list[list[int]], lm_term: str = "generated"
 ) -> torch.Tensor:
     """Reference LM loss by full recomputation (no cache), (B,): the mean NLL of each generated
     continuation (``lm_term="generated"``) or of every token of context + continuation that has a

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from fuse_repro.config import SearchConfig
 from fuse_repro.objectives import SecondaryObjective
 from fuse_repro.search.lm import SENTENCE_END
 from fuse_repro.search.step import SearchState, search_step, start_search
+
+if TYPE_CHECKING:
+    from fuse_repro.text_model import PrimaryModel
 
 
 @dataclass
@@ -44,7 +47,7 @@ def returned_caption(state: SearchState) -> tuple[list[int], dict[str, float]]:
 
 def search_caption(
     item: Any,
-    primary: Any,
+    primary: PrimaryModel,
     objectives: list[SecondaryObjective],
     cfg: SearchConfig,
     lm_weight: float,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import torch
 
@@ -36,6 +36,9 @@ from fuse_repro.objectives import ObjectiveError, SecondaryObjective, check_weig
 from fuse_repro.search.lm import LMState, allowed_token_mask, encode_prefix, lm_context
 from fuse_repro.search.methods import SLOT_INITS, SearchMethod, build_method
 
+if TYPE_CHECKING:
+    from fuse_repro.text_model import PrimaryModel
+
 
 def _stable_seed(*parts: Any) -> int:
     digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
@@ -43,7 +46,7 @@ def _stable_seed(*parts: Any) -> int:
 
 
 def slot_gradient(
-    primary: Any, objectives: list[SecondaryObjective], sequences: list[list[int]]
+    primary: PrimaryModel, objectives: list[SecondaryObjective], sequences: list[list[int]]
 ) -> torch.Tensor:
     """(B, V) gradient of sum_j w_j L_j w.r.t. the one-hot vector of each sequence's last token."""
     ids = torch.tensor(sequences, dtype=torch.long, device=primary.device)  # (B, S_i) equal lengths
@@ -74,7 +77,7 @@ class SearchState:
     """Everything one caption search carries from step to step."""
 
     item: Any
-    primary: Any
+    primary: PrimaryModel
     objectives: list[SecondaryObjective]
     cfg: SearchConfig
     method: SearchMethod
@@ -94,7 +97,7 @@ class SearchState:
 
 
 def start_search(
-    item: Any, primary: Any, objectives: list[SecondaryObjective], cfg: SearchConfig, lm_weight: float, seed: int
+    item: Any, primary: PrimaryModel, objectives: list[SecondaryObjective], cfg: SearchConfig, lm_weight: float, seed: int
 ) -> SearchState:
     """Prepare every objective for ``item`` and encode the prefix once. ``cfg`` was validated
     when it was built (``SearchConfig.__post_init__``); the weights are checked here."""
