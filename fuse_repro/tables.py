@@ -59,7 +59,7 @@ __all__ = [
 # Paper figures, Williams & Kolter, "FUSE" (arXiv 2408.04816), Table 1 (zero-shot rows:
 # MS-COCO Karpathy test B-4, METEOR, CIDEr, SPICE; NoCaps-val overall CIDEr, SPICE) and
 # Table 2 (SentiCap zero-shot rows: B-3, METEOR, accuracy % per sentiment). Copied from
-# /work/shared/notes/method.md "Paper figures to compare with", which quotes the paper.
+# ../shared/notes/method.md "Paper figures to compare with", which quotes the paper.
 PAPER_TABLE1: tuple[dict[str, Any], ...] = (
     {"method": "ZeroCap (Tewel et al., 2022)", "coco_B4": 2.60, "coco_M": 11.50,
      "coco_C": 14.60, "coco_S": 5.50, "nocaps_C": None, "nocaps_S": None},
