@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
+from fuse_repro.adapter import fit_adapter
 from fuse_repro.models import load_model, model_config
+from fuse_repro.testing.toy import make_toy_pair, toy_adapter_config
 from fuse_repro.text_model import TextModel
 
 MODEL_CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
@@ -70,3 +72,16 @@ def smol_minilm_adapter(smollm2: TextModel, minilm: TextModel, model_cache_dir: 
     from fuse_repro.config import AdapterConfig
 
     return fit_adapter(smollm2, minilm, AdapterConfig(words_per_bucket=4096, heldout_words=256), model_cache_dir)
+
+
+# The toy pair with planted t-linear maps (fuse_repro.testing.toy) and its fitted adapter,
+# shared by the adapter and bridge tests.
+@pytest.fixture(scope="module")
+def toy():
+    return make_toy_pair()
+
+
+@pytest.fixture(scope="module")
+def toy_adapter(toy, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("toyfit")
+    return fit_adapter(toy.source, toy.target, toy_adapter_config(tmp, toy.words), cache_root=tmp / "cache")

@@ -19,17 +19,6 @@ from fuse_repro.corpus import CorpusError, corpus_identity, load_corpus_words, m
 from fuse_repro.testing.toy import ToyModel, make_toy_pair, real_shapes_pair, toy_adapter_config
 
 
-@pytest.fixture(scope="module")
-def toy():
-    return make_toy_pair()
-
-
-@pytest.fixture(scope="module")
-def toy_adapter(toy, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("toyfit")
-    return fit_adapter(toy.source, toy.target, toy_adapter_config(tmp, toy.words), cache_root=tmp / "cache")
-
-
 # ----------------------------------------------------------------------------------------------
 # fitting recovers the planted maps
 # ----------------------------------------------------------------------------------------------

@@ -25,17 +25,6 @@ from fuse_repro.testing.toy import (
 
 
 @pytest.fixture(scope="module")
-def toy():
-    return make_toy_pair()
-
-
-@pytest.fixture(scope="module")
-def toy_adapter(toy, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("toyfit")
-    return fit_adapter(toy.source, toy.target, toy_adapter_config(tmp, toy.words), cache_root=tmp / "cache")
-
-
-@pytest.fixture(scope="module")
 def real():
     return real_shapes_pair()
 
