@@ -33,15 +33,21 @@ def resolve_device(name: Any) -> Any:
             f"device={name!r} is not a torch device; use cpu, cuda, cuda:N or auto") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} but CUDA is not available here; use device=cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name!r} but this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s) (cuda:0..cuda:{torch.cuda.device_count() - 1}); pick one of them")
     return device
 
 
 def check_device(name: Any) -> None:
-    """Config-only check of ``device`` (no torch import): its spelling."""
+    """Config-only check of ``device``: its spelling, and for an accelerator that it exists here
+    (the same rule as ``resolve_device``; torch is imported only in that case)."""
     text = "auto" if name is None else str(name)
     head, _, index = text.partition(":")
     if head not in ("auto", "cpu", "cuda", "mps") or (index and not index.isdigit()):
         raise ConfigError(f"device={name!r} is not a torch device; use cpu, cuda, cuda:N or auto")
+    if head == "cuda":
+        resolve_device(text)
 
 
 def seed_everything(seed: Any) -> int:

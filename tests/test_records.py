@@ -178,3 +178,24 @@ def test_merge_refuses_shards_made_with_other_settings(tmp_path):
     with pytest.raises(ProvenanceError, match="different settings"):
         merge_captions([tmp_path / "a", tmp_path / "c"], tmp_path / "n" / "captions.jsonl")
     assert not (tmp_path / "n").exists()
+
+
+def test_device_rule_checks_spelling_availability_and_index(monkeypatch):
+    """One device rule (runtime.resolve_device), also applied from the config before any work."""
+    import torch
+
+    from fuse_repro.errors import ConfigError
+    from fuse_repro.runtime import check_device, resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="is not a torch device"):
+        check_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            check_device("cuda:7")
+    # A machine with one CUDA device (mocked: the rule only asks torch how many there are).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ConfigError, match=r"device='cuda:7' but this machine has 1 CUDA device"):
+        check_device("cuda:7")
