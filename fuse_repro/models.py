@@ -32,6 +32,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
+from fuse_repro.config import to_plain
 from fuse_repro.errors import ConfigError
 from fuse_repro.testing.tiny import tiny_clip, tiny_gpt2, tiny_roberta
 from fuse_repro.text_model import (
@@ -176,15 +177,11 @@ def _init_device(device: str | torch.device) -> contextlib.AbstractContextManage
     return contextlib.nullcontext()
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
 def _hf_random(cfg: Any, cache_dir: Path, device: str | torch.device, kind: str) -> TextModel:
     """A transformers model of the configured architecture with seeded random weights."""
     import transformers
 
-    architecture = _plain(cfg_get(cfg, "architecture", None))
+    architecture = to_plain(cfg_get(cfg, "architecture", None))
     folder = None
     if architecture is not None:
         fields = dict(architecture)
