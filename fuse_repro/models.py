@@ -32,7 +32,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from fuse_repro.config import to_plain
+from fuse_repro.config import ModelConfig, to_plain
 from fuse_repro.errors import ConfigError
 from fuse_repro.testing.tiny import tiny_clip, tiny_gpt2, tiny_roberta
 from fuse_repro.text_model import (
@@ -263,7 +263,7 @@ BACKENDS: dict[str, Backend] = {
 assert all(b.kind in KINDS for b in BACKENDS.values())
 
 
-def load_model(cfg: Any, *, cache_dir: Path, device: str | torch.device = "cpu") -> TextModel:
+def load_model(cfg: ModelConfig, *, cache_dir: Path, device: str | torch.device = "cpu") -> TextModel:
     """Build the ``TextModel`` a ``conf/model/*.yaml`` node describes (dispatch on ``backend``).
 
     The module comes back in eval mode, parameters frozen, in ``cfg.dtype`` (float32 default)
@@ -271,7 +271,7 @@ def load_model(cfg: Any, *, cache_dir: Path, device: str | torch.device = "cpu")
     (``tokenizers/<key>``), keyed by the identity of their source file. ``cfg.weights``
     (wired to the root key ``weights``) picks the published or random weights.
     """
-    backend = cfg.get("backend", None) if hasattr(cfg, "get") else None
+    backend = cfg_get(cfg, "backend", None)
     if backend is None:
         raise ConfigError(f"model config lacks 'backend'; known backends: {list(BACKENDS)}")
     if backend not in BACKENDS:
@@ -282,7 +282,7 @@ def load_model(cfg: Any, *, cache_dir: Path, device: str | torch.device = "cpu")
     declared = str(cfg_get(cfg, "kind"))
     if declared != entry.kind:
         raise ConfigError(
-            f"model {cfg.get('name')!r}: backend {backend} builds a {entry.kind}, "
+            f"model {cfg_get(cfg, 'name')!r}: backend {backend} builds a {entry.kind}, "
             f"config says kind={declared}"
         )
     weights = model_weights(cfg)
@@ -306,13 +306,13 @@ def model_weights(cfg: Any) -> str:
         weights = str(cfg_get(cfg, "weights", "pretrained"))
     except InterpolationResolutionError as err:
         raise ConfigError(
-            f"model {cfg.get('name', '?')!r}: `weights: ${{weights}}` reads the root config's "
+            f"model {cfg_get(cfg, 'name', '?')!r}: `weights: ${{weights}}` reads the root config's "
             f"weights key; a model yaml loaded on its own needs weights set to one of "
             f"{list(WEIGHTS)} (fuse_repro.models.model_config does this)"
         ) from err
     if weights not in WEIGHTS:
         raise ConfigError(
-            f"model {cfg.get('name', '?')!r}: weights={weights!r} is not one of {list(WEIGHTS)}"
+            f"model {cfg_get(cfg, 'name', '?')!r}: weights={weights!r} is not one of {list(WEIGHTS)}"
         )
     return weights
 

@@ -48,14 +48,18 @@ class ModelUnavailableError(FuseError, RuntimeError):
 
 
 def cfg_get(cfg: Any, key: str, default: Any = _MISSING) -> Any:
-    """``cfg[key]`` of a model config node; a missing key without a default is one clear line
+    """``cfg[key]`` of a model config (a ``ModelConfig``, a node or a mapping); a missing key without a default is one clear line
     naming the model, its backend and the key."""
-    value = cfg.get(key, None) if isinstance(cfg, Mapping) or hasattr(cfg, "get") else None
+    if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
+        value = cfg.get(key, None)
+    else:  # a typed ModelConfig / TokenizerConfig
+        value = getattr(cfg, key, None)
     if value is None:
         if default is _MISSING:
-            name = cfg.get("name", "?") if hasattr(cfg, "get") else "?"
+            name = cfg_get(cfg, "name", "?") if key != "name" else "?"
             raise ConfigError(
-                f"model config {name!r} (backend {cfg.get('backend')!r}) lacks the key {key!r}"
+                f"model config {name!r} (backend {cfg_get(cfg, 'backend', None)!r}) lacks the "
+                f"key {key!r}"
             )
         return default
     return value
