@@ -16,7 +16,7 @@ from typing import Any, TYPE_CHECKING
 
 import torch
 
-from fuse_repro.objectives import ObjectiveError
+from fuse_repro.errors import ObjectiveError
 
 if TYPE_CHECKING:
     from fuse_repro.text_model import PrimaryModel
