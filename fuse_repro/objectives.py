@@ -15,7 +15,6 @@ candidate's own loss on its own rows of ``E_i``.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from fuse_repro.bridge import Bridge, TargetBatch
-from fuse_repro.errors import FuseError
+from fuse_repro.errors import FuseError, ObjectiveError  # noqa: F401 - ObjectiveError: re-exported
 
 if TYPE_CHECKING:
     from fuse_repro.text_model import SecondaryModel
@@ -34,20 +33,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class ObjectiveError(FuseError, ValueError):
-    """An objective that cannot be built or evaluated for this input."""
-
-
 class SecondaryObjective(ABC):
     """A loss computed by a secondary model on the bridged candidate text."""
 
     name: str
-    # Declared metrics (keys of METRIC_LABELS), read by the tables instead of the term's name:
-    # "cosine" means the loss is 1 - cos and is shown as a similarity column (mean cos = 1 - mean
-    # loss); "cross_entropy" means the loss is a classifier's cross entropy.
+    # Declared metrics, read by the pipeline instead of the term's name: "cosine" means the
+    # loss is 1 - cos and is shown as a similarity column (mean cos = 1 - mean loss);
+    # "cross_entropy" means the loss is a classifier's cross entropy.
     metrics: ClassVar[tuple[str, ...]] = ()
     # What prepare() needs of an item: "target" (a target text), "image", or None (nothing).
     needs: ClassVar[str | None] = None
+    # Keyword options of the constructor a term config may set (besides kind, weight, model).
+    options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str, model: SecondaryModel, bridge: Bridge, weight: float) -> None:
         self.name, self.model, self.bridge, self.weight = name, model, bridge, float(weight)
@@ -81,16 +78,15 @@ class TextSimilarity(SecondaryObjective):
     metrics = ("cosine",)
     needs = "target"
 
-    def __init__(self, model: SecondaryModel, bridge: Bridge, weight: float, normalize: bool = True) -> None:
+    def __init__(self, model: SecondaryModel, bridge: Bridge, weight: float) -> None:
         super().__init__("text_similarity", model, bridge, weight)
-        self.normalize = normalize
         self.target_embedding: torch.Tensor | None = None  # (e,)
 
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Masked mean over tokens: (B, S_j, h), (B, S_j) -> (B, h)."""
         m = mask.to(hidden.dtype).unsqueeze(-1)  # (B, S_j, 1)
         pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
-        return F.normalize(pooled, dim=-1) if self.normalize else pooled
+        return F.normalize(pooled, dim=-1)
 
     @torch.no_grad()
     def embed_text(self, text: str) -> torch.Tensor:
@@ -157,6 +153,7 @@ class Sentiment(SecondaryObjective):
     read from the model config's ``id2label`` (never assumed)."""
 
     metrics = ("cross_entropy",)
+    options = ("sentiment",)
 
     def __init__(self, model: SecondaryModel, bridge: Bridge, weight: float, sentiment: str | None = None) -> None:
         super().__init__("sentiment", model, bridge, weight)
@@ -191,20 +188,11 @@ OBJECTIVES: dict[str, type[SecondaryObjective]] = {
     "sentiment": Sentiment,
 }
 
-# Column labels of the declared metrics (SecondaryObjective.metrics).
-METRIC_LABELS: dict[str, str] = {
-    "cosine": "similarity (cos)",
-    "cross_entropy": "cross entropy",
-}
-
-
 def objective_options(kind: str) -> tuple[str, ...]:
-    """The keys an objective term of ``kind`` may set besides kind, weight and model: its
-    constructor's own keyword arguments."""
+    """The keys an objective term of ``kind`` may set besides kind, weight and model."""
     if kind not in OBJECTIVES:
         raise ObjectiveError(f"unknown objective kind {kind!r}; known: {sorted(OBJECTIVES)}")
-    params = inspect.signature(OBJECTIVES[kind].__init__).parameters
-    return tuple(p for p in params if p not in ("self", "model", "bridge", "weight"))
+    return OBJECTIVES[kind].options
 
 
 def build_objective(kind: str, model: SecondaryModel, bridge: Bridge, weight: float, **kwargs: Any) -> SecondaryObjective:
