@@ -22,6 +22,11 @@ class ConfigError(FuseError, ValueError):
     """A config value that cannot work (checked before any model loads)."""
 
 
+class ObjectiveError(FuseError, ValueError):
+    """An objective that cannot be built or evaluated for this input (raised by the objectives
+    and by the search's LM side; here so neither imports the other for it)."""
+
+
 def one_line(err: BaseException) -> str:
     """The message of ``err`` folded onto one line."""
     text = " ".join(str(err).split())
