@@ -57,7 +57,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fuse_repro.bridge import TargetBatch  # noqa: E402
-from fuse_repro.config import AdapterConfig, SearchConfig  # noqa: E402
+from fuse_repro.config import AdapterConfig, SearchConfig, validate  # noqa: E402
 from fuse_repro.search import (  # noqa: E402
     SearchState,
     evaluate_pairs,
@@ -67,7 +67,7 @@ from fuse_repro.search import (  # noqa: E402
     select_beams,
     start_search,
 )
-from fuse_repro.stages.caption import Captioner, build_captioner  # noqa: E402
+from fuse_repro.captioner import Captioner, build_captioner  # noqa: E402
 
 TARGET_TEXT = "A brown dog runs along a sandy beach next to the ocean."
 
@@ -298,7 +298,8 @@ def main() -> int:
             f"objective.lm_weight={args.lm_weight}",
             f"objective.terms.text_similarity.weight={args.sim_weight}",
         ])
-    source_cfg, objective_cfg = run_cfg.source, run_cfg.objective
+    root = validate(run_cfg, output_dir=str(args.cache_dir))
+    source_cfg, objective_cfg = root.source, root.objective
     adapter_cfg = AdapterConfig(
         words_per_bucket=args.words_per_bucket, heldout_words=args.heldout_words, seed=args.seed
     )

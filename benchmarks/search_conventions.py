@@ -29,10 +29,10 @@ from hydra import compose, initialize_config_dir
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fuse_repro.config import AdapterConfig, SearchConfig  # noqa: E402
+from fuse_repro.config import AdapterConfig, SearchConfig, validate  # noqa: E402
 from fuse_repro.data import load_dataset  # noqa: E402
 from fuse_repro.search import encode_prefix, lm_losses_full, search_caption  # noqa: E402
-from fuse_repro.stages.caption import build_captioner  # noqa: E402
+from fuse_repro.captioner import build_captioner  # noqa: E402
 
 VARIANTS = {
     "ours": {},
@@ -54,7 +54,8 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["logger=none", "dataset=demo_text_targets"])
+        cfg = validate(compose("config", overrides=["logger=none", "dataset=demo_text_targets"]),
+                       output_dir=str(args.cache_dir))
     items = load_dataset(cfg.dataset)
     adapter_cfg = AdapterConfig(words_per_bucket=args.words_per_bucket, heldout_words=args.heldout_words,
                                 seed=args.seed)

@@ -1,11 +1,13 @@
 """What ``run.py`` does around Hydra: pick the stage, check the config, record the run, call it,
 and turn user errors into one line.
 
-Stages are plain modules with ``run(cfg, out_dir) -> dict`` (STYLE.md: audiocraft's stage dict),
-imported lazily so ``stage=table`` does not pay for torch model imports it never uses. A stage
-may also define ``check(cfg)``, config-only validation that runs before the config is printed
-and before any model loads, and ``OPTIMIZED_METRIC``, the key of its result a sweeper gets
-(``optimized_metric=<key>`` picks another).
+The composed config is validated once, here (``config.validate``), and the typed root
+(``FuseConfig``) is what a stage gets. Stages are plain modules with ``run(cfg, out_dir) -> dict``
+(STYLE.md: audiocraft's stage dict), imported lazily so ``stage=table`` does not pay for torch
+model imports it never uses. A stage may also define ``check(cfg)``, config-only validation that
+this module calls once, before the config is printed and before any model loads, and
+``OPTIMIZED_METRIC``, the key of its result a sweeper gets (``optimized_metric=<key>`` picks
+another).
 
 Errors: a ``FuseError`` (anything the user can fix) prints ``error: <message>`` as one line,
 exits 2 and removes the run folder if the run left nothing in it but its configs. Full
@@ -30,6 +32,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fuse_repro import runtime
+from fuse_repro.config import FuseConfig
 from fuse_repro.errors import (
     EXIT_INTERRUPTED,
     EXIT_USER_ERROR,
@@ -86,29 +89,32 @@ def output_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
 
-def check_config(cfg: DictConfig, module: Any) -> None:
-    """Config-only validation, before anything is printed, written or loaded: every group
-    through its schema (``config.validate``: unknown keys, types, seed, resume, threads), the
-    device's spelling, then the stage's own ``check`` (datasets, objectives, files)."""
+def check_config(cfg: DictConfig, out_dir: Path | None = None) -> tuple[FuseConfig, Any]:
+    """The one validation, before anything is printed, written or loaded: the composed config
+    as its typed root (``config.validate``: every group's schema, unknown keys, types, values),
+    the device, then the stage's own ``check`` (datasets, objectives, files). Returns the typed
+    root and the stage module."""
     from fuse_repro.config import validate
 
-    validate(cfg)
-    runtime.check_device(cfg.get("device"))
+    root = validate(cfg, output_dir=None if out_dir is None else str(out_dir))
+    module = resolve_stage(root.stage)
+    runtime.check_device(root.device)
     check = getattr(module, "check", None)
     if check is not None:
-        check(cfg)
+        check(root)
+    return root, module
 
 
-def optimized_value(cfg: DictConfig, module: Any, result: Any) -> float | None:
+def optimized_value(cfg: FuseConfig, module: Any, result: Any) -> float | None:
     """The number a sweeper optimizes: ``result[optimized_metric or module.OPTIMIZED_METRIC]``."""
-    key = cfg.get("optimized_metric") or getattr(module, "OPTIMIZED_METRIC", None)
+    key = cfg.optimized_metric or getattr(module, "OPTIMIZED_METRIC", None)
     if key is None or not isinstance(result, dict):
         return None
     value = result.get(key)
     if value is None and isinstance(result.get("metrics"), dict):
         value = result["metrics"].get(key)
     if value is None:
-        if cfg.get("optimized_metric"):
+        if cfg.optimized_metric:
             numeric = sorted(k for k, v in result.items() if isinstance(v, (int, float)))
             raise ConfigError(f"optimized_metric={key!r} is not a result of stage={cfg.stage}; "
                               f"it returns {numeric}")
@@ -117,36 +123,36 @@ def optimized_value(cfg: DictConfig, module: Any, result: Any) -> float | None:
 
 
 def run_stage(cfg: DictConfig, out_dir: Path | None = None) -> float | None:
-    """Run ``cfg.stage``; returns the value named by its ``OPTIMIZED_METRIC`` (for sweepers)."""
+    """Validate the composed ``cfg`` once and run its stage on the typed root; returns the value
+    named by the stage's ``OPTIMIZED_METRIC`` (for sweepers)."""
     from fuse_repro.config import git_commit, run_config_hash
 
-    module = resolve_stage(cfg.get("stage"))
-    check_config(cfg, module)
+    root, module = check_config(cfg, out_dir)
     out_dir = Path(out_dir) if out_dir is not None else output_dir_of(cfg)
     check_writable(out_dir)
     tree = print_config_tree(cfg)
     write_text(out_dir / "config_resolved.yaml", tree)
-    threads = runtime.setup(cfg)["threads"]
+    threads = runtime.setup(root.seed, root.threads)["threads"]
     write_run_info(out_dir, {
-        "stage": cfg.stage,
-        "experiment": cfg.get("experiment_name", "default"),
-        "config_hash": run_config_hash(cfg),
+        "stage": root.stage,
+        "experiment": root.experiment_name,
+        "config_hash": run_config_hash(root),
         "git_commit": git_commit(),
         "status": "running",
-        **weights_fields(cfg),  # weights=random: labelled (fuse_repro.weights_label)
+        **weights_fields(root),  # weights=random: labelled (fuse_repro.weights_label)
     })
     log.info("torch threads: %d", threads)
     start = time.perf_counter()
     try:
-        result = module.run(cfg, out_dir) or {}
+        result = module.run(root, out_dir) or {}
     except BaseException as err:
         status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
         write_run_info(out_dir, {"status": status, "error": one_line(err)})
         raise
     write_run_info(out_dir, {"status": "finished"})
-    log.info("stage %s finished in %.1f s", cfg.stage, time.perf_counter() - start)
+    log.info("stage %s finished in %.1f s", root.stage, time.perf_counter() - start)
     print(f"run folder: {out_dir}", flush=True)  # the last line: scripts can `tail -1`
-    return optimized_value(cfg, module, result)
+    return optimized_value(root, module, result)
 
 
 # --------------------------------------------------------------------------------------------

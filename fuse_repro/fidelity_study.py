@@ -29,6 +29,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from fuse_repro.records import natural_key, write_text
+from fuse_repro.table_render import format_cell
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +72,6 @@ def study_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["L"], r["N"], r["overflow_policy"], natural_key(r["job"])))
 
 
-def _cell(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
 def _csv(rows: list[dict[str, Any]]) -> str:
     columns: list[str] = []
     for row in rows:
@@ -85,7 +80,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", restval="")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _cell(v) for k, v in row.items()})
+        writer.writerow({k: format_cell(v, 4) for k, v in row.items()})
     return buf.getvalue()
 
 
@@ -109,8 +104,8 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         other = next((k[: -len(".spearman")] for k in r if k.startswith("fuse_overflow_") and k.endswith(".spearman")), None)
         lines.append(
-            f"| {r['L']} | {r['N']} | {_cell(r['fit_residual_heldout']) or '-'} | "
-            f"{_cell(r['share_past_cap']) or '-'} | {_pm(r, 'fuse.spearman')} | {_pm(r, 'random_maps.spearman')} | "
+            f"| {r['L']} | {r['N']} | {format_cell(r['fit_residual_heldout'], 4) or '-'} | "
+            f"{format_cell(r['share_past_cap'], 4) or '-'} | {_pm(r, 'fuse.spearman')} | {_pm(r, 'random_maps.spearman')} | "
             f"{_pm(r, 'fuse.recall')} | {_pm(r, 'random_maps.recall')} | "
             f"{(other + ': ' + _pm(r, other + '.spearman')) if other else '-'} |"
         )

@@ -38,10 +38,12 @@ log = logging.getLogger(__name__)
 
 CAPTIONS_NAME = "captions.jsonl"
 RUN_INFO_NAME = "run_info.json"
-# Beside a captions file: the config fields that made it (written by fuse_repro.provenance).
+# Beside a captions file: the config fields that made it (decided by fuse_repro.provenance).
 PROVENANCE_NAME = "captions_config.json"
-# resume=check refuses to add captions made with other settings to a folder; force mixes them.
-RESUME_MODES = ("check", "force")
+METRICS_NAME = "metrics.json"
+# Beside a captions file: one line per item that could not be captioned.
+ERRORS_NAME = "errors.jsonl"
+PER_CAPTION_NAME = "per_caption.jsonl"
 
 
 class OutputError(FuseError):
@@ -384,8 +386,28 @@ def merge_captions(paths: Sequence[str | Path], out: str | Path) -> list[dict[st
     if len(hashes) == 1:
         first = read_provenance(files[0].parent)
         if first is not None:
-            write_json(Path(out).parent / PROVENANCE_NAME, first)
+            write_provenance(Path(out).parent, first)
     return ordered
+
+
+def write_provenance(folder: str | Path, record: Mapping[str, Any]) -> Path:
+    """``captions_config.json``: ``{hash, fields, mixed?, previous?}`` of a caption folder."""
+    return write_json(Path(folder) / PROVENANCE_NAME, record)
+
+
+def stamp_captions(path: str | Path, config_hash: str) -> None:
+    """Give every line of a captions file that has none the ``config_hash`` it was made with
+    (before a folder starts mixing settings under ``resume=force``)."""
+    rows = read_jsonl(path)
+    write_jsonl(path, [{**r, "config_hash": r.get("config_hash", config_hash)} for r in rows])
+
+
+def write_metrics(folder: str | Path, metrics: Mapping[str, Any],
+                  per_caption: Sequence[Mapping[str, Any]]) -> tuple[Path, Path]:
+    """``metrics.json`` (sorted keys, indent 2, no NaN) and ``per_caption.jsonl`` of a scoring."""
+    out = Path(folder)
+    return (write_json(out / METRICS_NAME, metrics, allow_nan=False),
+            write_jsonl(out / PER_CAPTION_NAME, per_caption, allow_nan=False))
 
 
 def read_provenance(folder: str | Path) -> dict[str, Any] | None:

@@ -1,6 +1,6 @@
 """The runtime every stage shares: the device, the seed and torch's thread count.
 
-``setup(cfg)`` is called once by the entry point (``app.run_stage``) before a stage runs; stages
+``setup(seed, threads)`` is called once by the entry point (``app.run_stage``) before a stage runs; stages
 and libraries call ``resolve_device`` for the one device rule. Nothing here is part of any
 cache key or results hash (device and threads do not change what is computed, only where and
 how fast; see the note on ``threads`` in ``conf/config.yaml``).
@@ -50,42 +50,29 @@ def check_device(name: Any) -> None:
         resolve_device(text)
 
 
-def seed_everything(seed: Any) -> int:
-    """Seed Python, NumPy and torch from the one ``seed`` (0 is a seed; None is an error)."""
+def seed_everything(seed: int) -> int:
+    """Seed Python, NumPy and torch from the one ``seed`` (0 is a seed)."""
     import numpy as np
     import torch
 
-    if seed is None or isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"seed={seed!r} must be an integer (0 is a valid seed)")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return seed
 
 
-def check_threads(threads: Any) -> int | None:
-    """``threads``: a positive int, or null to keep torch's default (one per core)."""
-    if threads is None:
-        return None
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ConfigError(f"threads={threads!r} must be a positive integer, or null for torch's "
-                          "default (one per core)")
-    return threads
-
-
-def set_threads(threads: Any) -> int:
-    """Set torch's intra-op thread count (``null`` keeps the default); returns the count used."""
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op thread count (``None`` keeps the default); returns the count used."""
     import torch
 
-    n = check_threads(threads)
-    if n is not None and torch.get_num_threads() != n:
-        torch.set_num_threads(n)
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
     return torch.get_num_threads()
 
 
-def setup(cfg: Any) -> dict[str, Any]:
-    """Apply ``seed`` and ``threads`` from a run config; returns what was set."""
-    seed = seed_everything(cfg.get("seed"))
-    threads = set_threads(cfg.get("threads"))
+def setup(seed: int, threads: int | None) -> dict[str, Any]:
+    """Apply the run's ``seed`` and ``threads``; returns what was set."""
+    seed = seed_everything(seed)
+    threads = set_threads(threads)
     log.debug("runtime: seed=%d, torch threads=%d", seed, threads)
     return {"seed": seed, "threads": threads}

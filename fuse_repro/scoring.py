@@ -1,9 +1,10 @@
-"""Scoring a captions file: options, the whole scoring call, and metrics.json.
+"""Scoring a captions file with the ``scoring`` group (``ScoringConfig``).
 
 The metrics themselves live in ``coco_metrics`` (pycocoevalcap) and ``sentiment`` (the
 classifier); reading captions files (ours or the standard COCO results JSON) and writing the
 outputs go through ``records``. ``score_captions`` is pure (captions in, metrics out);
-``score_captions_file`` reads a results file and writes ``metrics.json`` + ``per_caption.jsonl``.
+``score_captions_file`` reads a results file and writes ``metrics.json`` + ``per_caption.jsonl``
+(``records.write_metrics``, their one writer).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,83 +19,30 @@ import numpy as np
 
 from fuse_repro import coco_metrics
 from fuse_repro.coco_metrics import (
-    METRICS,
     ScorerConfigError,
     ScorerError,
     bleu,
-    canonical_metric,
     cider,
     meteor,
     ptb_tokenize,
     rouge_l,
 )
+from fuse_repro.config import ScoringConfig
 from fuse_repro.data import Item
 from fuse_repro.records import (
     captions_by_id,
     id_sort_key,
     read_captions,
     rows_method,
-    write_json,
-    write_jsonl,
+    write_metrics,
 )
 from fuse_repro.sentiment import (
-    SENTIMENT_RULES,
     load_sentiment_classifier,
     sentiment_label_ids,
     sentiment_predictions,
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ScoringOptions:
-    """What to score and how; built from the ``scoring`` config node by :meth:`from_config`."""
-
-    metrics: tuple[str, ...] = METRICS
-    strip_prefix: str | None = None
-    allow_missing: bool = False
-    method: str | None = None
-    # A name for an external system's results (e.g. "ZeroCap"): its table rows are marked
-    # external, never "ours".
-    label: str | None = None
-    meteor_java_heap: str = "2G"
-    spice_java_heap: str = "8G"
-    spice_cache_dir: str | None = None
-    spice_timeout_s: float = 3600.0
-    sentiment_classifier: str | None = None
-    sentiment_rule: str = "argmax"
-    sentiment_batch_size: int = 32
-    sentiment_max_length: int = 128
-    sentiment_device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        self.metrics = tuple(canonical_metric(m) for m in self.metrics)
-        if self.sentiment_rule not in SENTIMENT_RULES:
-            raise ScorerConfigError(f"scoring.sentiment.rule must be one of {SENTIMENT_RULES}, "
-                                    f"got {self.sentiment_rule!r}")
-        if self.strip_prefix is not None and not str(self.strip_prefix).strip():
-            self.strip_prefix = None
-        if self.label is not None and not str(self.label).strip():
-            raise ScorerConfigError("scoring.label is empty; name the external system (e.g. "
-                                    "scoring.label=ZeroCap) or leave it null")
-
-    @classmethod
-    def from_config(cls, node: Any) -> ScoringOptions:
-        """Options from the ``scoring`` config group, read once through its schema
-        (``fuse_repro.config.ScoringConfig``: defaults, unknown keys and values checked there)."""
-        from fuse_repro.config import ScoringConfig, convert
-
-        sc = convert(node if node is not None else {}, ScoringConfig)
-        return cls(
-            metrics=tuple(sc.metrics), strip_prefix=sc.strip_prefix,
-            allow_missing=sc.allow_missing, method=sc.method, label=sc.label,
-            meteor_java_heap=sc.meteor.java_heap, spice_java_heap=sc.spice.java_heap,
-            spice_cache_dir=sc.spice.cache_dir, spice_timeout_s=float(sc.spice.timeout_s),
-            sentiment_classifier=sc.sentiment.classifier, sentiment_rule=sc.sentiment.rule,
-            sentiment_batch_size=sc.sentiment.batch_size,
-            sentiment_max_length=sc.sentiment.max_length, sentiment_device=sc.sentiment.device,
-        )
 
 
 def strip_caption_prefix(caption: str, prefix: str | None) -> tuple[str, bool]:
@@ -113,7 +60,7 @@ def _nan_to_none(value: float) -> float | None:
 
 
 def score_captions(
-    captions: Mapping[str, str], items: Sequence[Item], options: ScoringOptions | None = None,
+    captions: Mapping[str, str], items: Sequence[Item], opts: ScoringConfig,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score ``{id: caption}`` against ``items``; returns (metrics dict, per-caption rows).
 
@@ -122,7 +69,6 @@ def score_captions(
     metric that cannot run here (SPICE without its jars, no sentiment classifier) is listed
     under ``unavailable`` with the reason while everything else is still scored.
     """
-    opts = options or ScoringOptions()
     by_id = {it.id: it for it in items}
     captions = {str(k): v for k, v in captions.items()}
     extra = sorted(set(captions) - set(by_id), key=id_sort_key)
@@ -171,7 +117,7 @@ def score_captions(
 
 
 def _caption_metrics(ids: list[str], by_id: Mapping[str, Item], text: Mapping[str, str],
-                     opts: ScoringOptions, rows: dict[str, dict[str, Any]],
+                     opts: ScoringConfig, rows: dict[str, dict[str, Any]],
                      result: dict[str, Any]) -> None:
     summary, unavailable = result["metrics"], result["unavailable"]
     # Two tokenizer calls, references then candidates, as pycocoevalcap does.
@@ -188,7 +134,7 @@ def _caption_metrics(ids: list[str], by_id: Mapping[str, Item], text: Mapping[st
         result["bleu_stats"] = {"testlen": b.testlen, "reflen": b.reflen, "guess": b.guess,
                                 "correct": b.correct}
     if "METEOR" in opts.metrics:
-        summary["METEOR"], per["METEOR"] = meteor(gts, res, ids, opts.meteor_java_heap)
+        summary["METEOR"], per["METEOR"] = meteor(gts, res, ids, opts.meteor.java_heap)
     if "ROUGE_L" in opts.metrics:
         summary["ROUGE_L"], per["ROUGE_L"] = rouge_l(gts, res, ids)
     if "CIDEr" in opts.metrics:
@@ -197,8 +143,8 @@ def _caption_metrics(ids: list[str], by_id: Mapping[str, Item], text: Mapping[st
         ok, reason = coco_metrics.spice_status()
         if ok:
             try:  # a SPICE crash (memory, timeout) must not cost the metrics already computed
-                score, values = coco_metrics.spice(gts, res, ids, opts.spice_cache_dir,
-                                      opts.spice_java_heap, opts.spice_timeout_s)
+                score, values = coco_metrics.spice(gts, res, ids, opts.spice.cache_dir,
+                                                   opts.spice.java_heap, opts.spice.timeout_s)
             except ScorerError as exc:
                 ok, reason = False, f"SPICE failed: {exc}"
             else:
@@ -230,15 +176,15 @@ def _caption_metrics(ids: list[str], by_id: Mapping[str, Item], text: Mapping[st
 
 
 def _sentiment(ids: list[str], by_id: Mapping[str, Item], text: Mapping[str, str],
-               opts: ScoringOptions, rows: dict[str, dict[str, Any]],
+               opts: ScoringConfig, rows: dict[str, dict[str, Any]],
                result: dict[str, Any]) -> None:
-    name = opts.sentiment_classifier
+    name = opts.sentiment.classifier
     if not name:
         result["unavailable"]["sentiment_accuracy"] = (
             "no sentiment classifier configured (scoring.sentiment.classifier)")
         return
     try:
-        tokenizer, model = load_sentiment_classifier(name, opts.sentiment_device)
+        tokenizer, model = load_sentiment_classifier(name, opts.sentiment.device)
     except (OSError, ValueError) as exc:  # not downloadable offline, not a classifier, ...
         log.warning("sentiment accuracy not scored: %s", exc)
         result["unavailable"]["sentiment_accuracy"] = (
@@ -246,38 +192,30 @@ def _sentiment(ids: list[str], by_id: Mapping[str, Item], text: Mapping[str, str
         return
     preds = sentiment_predictions(
         [text[i] for i in ids], [str(by_id[i].sentiment) for i in ids], tokenizer, model,
-        rule=opts.sentiment_rule, batch_size=opts.sentiment_batch_size,
-        max_length=opts.sentiment_max_length, name=name)
+        rule=opts.sentiment.rule, batch_size=opts.sentiment.batch_size,
+        max_length=opts.sentiment.max_length, name=name)
     for i, p in zip(ids, preds):
         rows[i]["sentiment"] = p
     n_correct = sum(p["correct"] for p in preds)
     id2label = dict(model.config.id2label)
     result["sentiment"] = {
         "accuracy": n_correct / len(preds), "num_correct": n_correct, "num_scored": len(preds),
-        "classifier": name, "rule": opts.sentiment_rule,
+        "classifier": name, "rule": opts.sentiment.rule,
         "wanted": sorted({p["wanted"] for p in preds}),
         "label_ids": sentiment_label_ids(id2label),
         "text": "the scored caption (after strip_prefix)",
     }
 
 
-def write_metrics(out_dir: str | Path, metrics: Mapping[str, Any],
-                  per_caption: Sequence[Mapping[str, Any]]) -> tuple[Path, Path]:
-    """Write ``metrics.json`` (sorted keys, indent 2) and ``per_caption.jsonl`` atomically."""
-    out = Path(out_dir)
-    metrics_path = write_json(out / "metrics.json", metrics, allow_nan=False)
-    per_path = write_jsonl(out / "per_caption.jsonl", per_caption, allow_nan=False)
-    return metrics_path, per_path
-
-
 def score_captions_file(
-    captions_path: str | Path, items: Sequence[Item], options: ScoringOptions | None = None,
+    captions_path: str | Path, items: Sequence[Item], opts: ScoringConfig,
     out_dir: str | Path | None = None, dataset: Mapping[str, Any] | None = None,
+    labels: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score a captions.jsonl or COCO results JSON file; write metrics.json + per_caption.jsonl
     into ``out_dir`` (default: beside the file) and return the metrics dict. ``dataset``
-    ({name, format, ...}) is recorded; so are the file's format and ``options.label``."""
-    opts = options or ScoringOptions()
+    ({name, format, ...}) is recorded; so are the file's format, ``opts.label`` and ``labels``
+    (e.g. a random-weight run's ``weights`` and ``weights_note``)."""
     path = Path(captions_path)
     results = read_captions(path)
     captions = captions_by_id(results.rows, opts.method, where=str(path))
@@ -287,8 +225,9 @@ def score_captions_file(
     if results.format != "captions_jsonl":
         metrics["captions_format"] = results.format
     if opts.label is not None:
-        metrics["label"] = str(opts.label)
+        metrics["label"] = opts.label
         metrics["source"] = "external"
     metrics["dataset"] = dict(dataset) if dataset is not None else None
+    metrics.update(labels or {})
     write_metrics(out_dir if out_dir is not None else path.parent, metrics, per_caption)
     return metrics

@@ -26,6 +26,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from fuse_repro.records import RUN_INFO_NAME, natural_key, write_text
+from fuse_repro.table_render import format_cell
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +51,6 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     else:
         out[prefix] = obj
     return out
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def _job_dirs(sweep_dir: Path) -> list[Path]:
@@ -95,18 +88,18 @@ def summary_rows(sweep_dir: str | Path) -> list[dict[str, str]]:
              if ".hydra" not in p.parts and not any(o in p.parents for o in others)),
             key=lambda p: natural_key(p.relative_to(job).as_posix()))
         if failure is not None:
-            rows.append({k: _cell(v) for k, v in {**base, "status": failure}.items()})
+            rows.append({k: format_cell(v) for k, v in {**base, "status": failure}.items()})
             continue
         if not metric_files:
             status = "finished, no metrics.json" if info_path.is_file() else "no metrics.json"
-            rows.append({k: _cell(v) for k, v in {**base, "status": status}.items()})
+            rows.append({k: format_cell(v) for k, v in {**base, "status": status}.items()})
             continue
         for path in metric_files:
             row = dict(base)
             row["status"] = "ok"
             row["metrics_file"] = path.relative_to(job).as_posix()
             row.update(flatten(json.loads(path.read_text(encoding="utf-8"))))
-            rows.append({k: _cell(v) for k, v in row.items()})
+            rows.append({k: format_cell(v) for k, v in row.items()})
     return rows
 
 

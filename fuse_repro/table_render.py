@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 MISSING = "–"  # shown for cells without a value (LaTeX gets "--", which typesets as "–")
 SOURCES = ("paper", "external", "ours")
@@ -27,10 +29,22 @@ class Column:
     decimals: int = 2
 
 
-def format_value(value: float | None, decimals: int) -> str:
-    """A cell's text: fixed decimals, or the missing mark."""
-    return MISSING if value is None else f"{value:.{decimals}f}"
+def format_cell(value: Any, decimals: int | None = None, missing: str = "") -> str:
+    """The one cell formatter of every table and CSV: ``missing`` for None or NaN, true/false
+    for a bool, a float with ``decimals`` fixed decimals (its full repr when None), anything
+    else (an int, a text) as ``str``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return missing
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if decimals is not None and isinstance(value, float):
+        return f"{value:.{decimals}f}"
+    return str(value)
 
+
+def format_value(value: float | None, decimals: int) -> str:
+    """A paper-table cell: fixed decimals, or the missing mark."""
+    return format_cell(value, decimals, MISSING)
 
 
 @dataclass

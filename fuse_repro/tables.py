@@ -22,6 +22,8 @@ scores, sentiment accuracy as a percentage).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -35,6 +37,7 @@ from fuse_repro.table_render import (
     MISSING,
     Column,
     Row,
+    format_cell,
     format_value,
     render_csv,
     render_latex,
@@ -164,9 +167,9 @@ def _hydra_labels(config_yaml: Path) -> dict[str, Any]:
         "method": OmegaConf.select(cfg, "search.method", default=None),
     }
     try:
-        from fuse_repro.config import run_config_hash
+        from fuse_repro.config import run_config_hash, validate
 
-        labels["config_hash"] = run_config_hash(cfg)
+        labels["config_hash"] = run_config_hash(validate(cfg, output_dir=str(config_yaml.parents[1])))
     except Exception:  # noqa: BLE001 - unresolvable interpolations outside that run's machine
         from fuse_repro.config import RUN_HASH_EXCLUDE, stable_hash
 
@@ -397,3 +400,57 @@ def build_tables(
     summary["runs"] = [{"run": r.relpath, "shown_in": shown.get(r.relpath, []),
                         "left_out": reasons.get(r.relpath)} for r in records]
     return summary
+
+
+# --------------------------------------------------------------------------------------------
+# the pipeline's comparison table (one run, every method): table.md and table.csv
+
+# (column title, metrics.json key), in table order; then similarity, LM NLL and objective means.
+METHOD_COLUMNS = (
+    ("B-1", "Bleu_1"),
+    ("B-4", "Bleu_4"),
+    ("METEOR", "METEOR"),
+    ("ROUGE-L", "ROUGE_L"),
+    ("CIDEr", "CIDEr"),
+)
+
+
+def method_table(rows: Sequence[Mapping[str, Any]],
+                 similarity_key: str | None) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells of the comparison table: every method's caption metrics (x100) and
+    objective means. A row is ``{method, label?, metrics (metrics.json), objective (means)}``;
+    its ``label`` (e.g. "fuse (random weights)") names it when present."""
+    headers = ["method"] + [c for c, _ in METHOD_COLUMNS]
+    if similarity_key:
+        headers.append("similarity (cos)")
+    headers += ["LM NLL", "objective"]
+    table = []
+    for row in rows:
+        metrics = row["metrics"].get("metrics", {})
+        cells = [row.get("label", row["method"])]
+        for _, key in METHOD_COLUMNS:
+            value = metrics.get(key)
+            shown = float(100 * value) if isinstance(value, (int, float)) else None
+            cells.append(format_cell(shown, 2, MISSING))
+        if similarity_key:
+            cells.append(format_cell(row["objective"][similarity_key], 4))
+        cells.append(format_cell(row["objective"]["mean_lm"], 3))
+        cells.append(format_cell(row["objective"]["mean_objective"], 4))
+        table.append(cells)
+    return headers, table
+
+
+def write_method_table(rows: Sequence[Mapping[str, Any]], similarity_key: str | None,
+                       out_dir: Path, note: str | None = None) -> Path:
+    """``table.md`` and ``table.csv`` of a pipeline run (``method_table``); ``note`` is a line
+    above the markdown table (a random-weight run's warning). Returns the markdown's path."""
+    headers, table = method_table(rows, similarity_key)
+    md = [note, ""] if note else []
+    md += ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    md += ["| " + " | ".join(r) + " |" for r in table]
+    buf = io.StringIO()
+    writer = csv.writer(buf)  # the csv module's own "\r\n" line ends, as table.csv always had
+    writer.writerow(headers)
+    writer.writerows(table)
+    write_text(out_dir / "table.csv", buf.getvalue())
+    return write_text(out_dir / "table.md", "\n".join(md) + "\n")

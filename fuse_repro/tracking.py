@@ -13,9 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
-from fuse_repro.config import check_choice, git_commit
+from fuse_repro.config import FuseConfig, LoggerConfig, git_commit, to_plain
 from fuse_repro.weights_label import is_random
 
 log = logging.getLogger(__name__)
@@ -58,74 +56,65 @@ class Tracker:
         self.run.log({name: wandb.Table(columns=columns, data=[[cell(v) for v in r] for r in rows])})
 
 
-def run_names(cfg: DictConfig, out_dir: Path, job_type: str) -> tuple[str | None, str]:
+def run_names(logger: LoggerConfig, experiment: str, out_dir: Path,
+              job_type: str) -> tuple[str | None, str]:
     """(wandb group, run name). In a multirun the group is the sweep (``<experiment>-sweep-
     <sweep folder>``) and the run name the job's overrides, unless ``logger.group`` was set to
     something other than its default ``${experiment_name}``; a single run keeps
     ``logger.group`` and is named ``<experiment>-<job type>-<run folder>``."""
-    logger_cfg = cfg.get("logger") or {}
-    experiment = str(cfg.get("experiment_name", "run"))
-    group = logger_cfg.get("group")
-    name = f"{experiment}-{job_type}-{out_dir.name}"
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-        hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
-    except ImportError:  # pragma: no cover
-        hydra_cfg = None
+    group = logger.group
+    name = f"{experiment}-{job_type}-{out_dir.name}"
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     if hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN:
         if group in (None, experiment):
             group = f"{experiment}-sweep-{Path(str(hydra_cfg.sweep.dir)).name}"
         overrides = [str(o) for o in hydra_cfg.overrides.task]
         name = f"{hydra_cfg.job.num}: {' '.join(overrides)}" if overrides else name
-    return (str(group) if group is not None else None), name
+    return group, name
 
 
 @contextlib.contextmanager
 def open_tracker(
-    cfg: DictConfig, out_dir: Path, job_type: str, extra_config: dict[str, Any] | None = None
+    cfg: FuseConfig, out_dir: Path, job_type: str, extra_config: dict[str, Any] | None = None
 ) -> Iterator[Tracker]:
-    """Open a wandb run for this job and always close it, with exit code 1 on failure.
+    """Open a wandb run for this job (``cfg.logger``) and always close it, with exit code 1 on
+    failure.
 
     The resolved config, the git commit and ``extra_config`` (e.g. cache keys) are stored in the
     run's config. Offline runs land in ``out_dir/wandb`` for ``wandb sync``.
     """
-    logger_cfg = cfg.get("logger") or OmegaConf.create({"name": "none"})
-    name = logger_cfg.get("name", "none")
-    check_choice("logger.name", name, ("wandb", "none"))
-    mode = logger_cfg.get("mode", "offline") if name == "wandb" else "disabled"
-    check_choice("logger.mode", mode, ("online", "offline", "disabled"))
-    if name == "none" or mode == "disabled":
+    logger = cfg.logger
+    if logger.name == "none" or logger.mode == "disabled":
         yield Tracker(None)
         return
 
     import wandb
 
-    config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    assert isinstance(config, dict)
-    config.pop("hydra", None)
+    config = to_plain(cfg)
     config["git_commit"] = git_commit()
     config.update(extra_config or {})
     out_dir.mkdir(parents=True, exist_ok=True)
-    group, run_name = run_names(cfg, out_dir, job_type)
+    group, run_name = run_names(logger, cfg.experiment_name, out_dir, job_type)
     run = wandb.init(
-        project=logger_cfg.get("project", "fuse-repro"),
-        entity=logger_cfg.get("entity"),
+        project=logger.project,
+        entity=logger.entity,
         group=group,
-        tags=list(logger_cfg.get("tags") or []) + (["random-weights"] if is_random(cfg) else []),
+        tags=list(logger.tags) + (["random-weights"] if is_random(cfg) else []),
         job_type=job_type,
         name=run_name,
-        mode=mode,
+        mode=logger.mode,
         dir=str(out_dir),
         config=config,
         reinit="finish_previous",
     )
-    tracker = Tracker(run, log_items=bool(logger_cfg.get("log_items", True)))
+    tracker = Tracker(run, log_items=logger.log_items)
     exit_code = 1
     try:
         yield tracker
         exit_code = 0
     finally:
         run.finish(exit_code=exit_code)
-        log.info("wandb run closed (%s, exit code %d)", mode, exit_code)
+        log.info("wandb run closed (%s, exit code %d)", logger.mode, exit_code)

@@ -23,16 +23,12 @@ RANDOM_NOTE = ("random weights: real architectures, tokenizers, shapes, memory a
 ROW_SUFFIX = " (random weights)"
 
 
-def run_weights(cfg: Any) -> str:
-    """The run's root ``weights`` key (``pretrained`` when absent)."""
-    getter = getattr(cfg, "get", None)
-    value = getter("weights", None) if getter is not None else None
-    return str(value) if value is not None else "pretrained"
-
-
 def is_random(cfg_or_record: Any) -> bool:
-    """A root config, a ``run_info.json`` or a ``metrics.json`` dict of a random-weight run."""
-    return run_weights(cfg_or_record) == RANDOM
+    """A root config (``FuseConfig``), a ``run_info.json`` or a ``metrics.json`` dict of a
+    random-weight run."""
+    if isinstance(cfg_or_record, Mapping):
+        return cfg_or_record.get("weights") == RANDOM
+    return getattr(cfg_or_record, "weights", None) == RANDOM
 
 
 def weights_fields(cfg: Any) -> dict[str, str]:

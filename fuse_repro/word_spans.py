@@ -15,12 +15,11 @@ Shape glossary:
 from __future__ import annotations
 
 import abc
-import hashlib
-import json
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from fuse_repro.config.hashing import sha256_json  # noqa: F401 - tokenizers, text_model, weights
 from fuse_repro.errors import FuseError
 
 Span = tuple[int, int]
@@ -28,12 +27,6 @@ Span = tuple[int, int]
 
 class WordSpanError(FuseError, ValueError):
     """A token cannot be assigned to exactly one whitespace word."""
-
-
-def sha256_json(obj: Any) -> str:
-    """sha256 of ``obj`` as canonical JSON (sorted keys): the digest behind every fingerprint."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -90,3 +90,30 @@ def isolated_env(root: Path, cache: Path) -> dict[str, str]:
     for key in ("WANDB_MODE", "WANDB_DIR", "WANDB_API_KEY", "HYDRA_FULL_ERROR"):
         env.pop(key, None)
     return env
+
+
+def root_config(overrides: tuple[str, ...] | list[str] = (), output_dir: str | Path = "/tmp/fuse-run"):
+    """The typed root config (``FuseConfig``) of ``python run.py <overrides>``, validated the way
+    the entry point does it (outside Hydra ``output_dir`` stands in for the run folder)."""
+    from hydra import compose, initialize_config_dir
+
+    from fuse_repro.config import validate
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides))
+    return validate(cfg, output_dir=str(output_dir))
+
+
+def scoring_options(metrics=None, classifier: str | None = None, rule: str = "argmax",
+                    batch_size: int = 32, spice_cache_dir: str | None = None, **keys):
+    """A ``ScoringConfig`` for a Python caller: the given metrics (all by default) and, unlike
+    the run's default, no sentiment classifier unless one is named."""
+    from fuse_repro.coco_metrics import METRICS
+    from fuse_repro.config import ScoringConfig, SentimentScoringConfig, SpiceConfig
+
+    return ScoringConfig(
+        metrics=list(METRICS if metrics is None else metrics),
+        spice=SpiceConfig(cache_dir=spice_cache_dir),
+        sentiment=SentimentScoringConfig(classifier=classifier, rule=rule, batch_size=batch_size),
+        **keys,
+    )

@@ -42,6 +42,7 @@ from fuse_repro.config import (
     compose_error_line,
     convert,
     run_config_hash,
+    validate,
 )
 from fuse_repro.config.store import _schema_at
 
@@ -57,6 +58,11 @@ OUTPUT_DIR_PLACEHOLDER = "/nonexistent/hydra-runtime-output-dir"
 def _compose(overrides: tuple[str, ...], hydra_node: bool, conf: str) -> DictConfig:
     with initialize_config_dir(version_base="1.3", config_dir=conf, job_name="test_config"):
         return compose("config", overrides=list(overrides), return_hydra_config=hydra_node)
+
+
+def _run_hash(cfg: DictConfig) -> str:
+    """The run hash the entry point records: of the validated root config."""
+    return run_config_hash(validate(cfg, output_dir="/tmp/fuse-run"))
 
 
 def compose_cfg(
@@ -222,7 +228,7 @@ def test_launcher_configs(name, launcher):
     if name == "slurm":
         assert node.gpus_per_node == 1 and node.cpus_per_task > 0 and node.mem_gb > 0
     # The launcher only touches hydra.*: the run config (and so its hash) is unchanged.
-    assert run_config_hash(compose_cfg([f"+launcher={name}"])) == run_config_hash(compose_cfg())
+    assert _run_hash(compose_cfg([f"+launcher={name}"])) == _run_hash(compose_cfg())
 
 
 def test_smoke_settings_apply():
@@ -364,8 +370,6 @@ def test_plus_override_reaches_the_conversion_point():
     [
         ("search.beam_width=0", r"search\.beam_width must be >= 1, got 0"),
         ("search.top_k=0", r"search\.top_k must be >= 1"),
-        ("search.method=greedy", r"search\.method='greedy' is not one of"),
-        ("search.slot_init=zero", r"search\.slot_init='zero'"),
         ("adapter.overflow=wrap", r"adapter\.overflow='wrap'"),
         ("adapter.max_tokens=0", r"adapter\.max_tokens \(L\) must be >= 1"),
         ("adapter.corpus.kind=books", r"adapter\.corpus\.kind='books'"),
@@ -396,6 +400,27 @@ def test_bad_values_fail_at_conversion_with_one_line(override, match):
         value = float("nan")
     with pytest.raises(ConfigError, match=match) as err:
         to_schema(with_values(**{key: value}))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("search.method=greedy", r"search\.method='greedy' is not one of"),
+        ("search.slot_init=zero", r"search\.slot_init='zero'"),
+        ("pipeline.methods=[fuse,greedy]", r"search\.method='greedy' is not one of"),
+    ],
+)
+def test_search_registry_names_fail_in_the_stage_check(override, match):
+    """Names of the search registries (torch code) are checked by the search library, in the
+    stage's check, before any model loads; the schemas stay torch-free."""
+    from fuse_repro.stages import pipeline
+
+    key, _, text = override.partition("=")
+    value: Any = [v for v in text.strip("[]").split(",")] if text.startswith("[") else text
+    root = to_schema(with_values(**{key: value}))
+    with pytest.raises(ConfigError, match=match) as err:
+        pipeline.check(root)
     assert "\n" not in str(err.value)
 
 
@@ -436,8 +461,10 @@ def test_all_zero_weights_and_stray_sentiment_key():
 def test_python_callers_get_the_same_validation():
     with pytest.raises(ConfigError, match="search.beam_width"):
         SearchConfig(beam_width=0)
-    with pytest.raises(ConfigError, match="search.method"):
-        dataclasses.replace(SearchConfig(), method="greedy")
+    from fuse_repro.captioner import check_search
+
+    with pytest.raises(ConfigError, match="search.method"):  # the search library's own check
+        check_search(dataclasses.replace(SearchConfig(), method="greedy"))
     with pytest.raises(ConfigError, match="subset.mode=shard needs 0 <= subset.index"):
         SubsetConfig(mode="shard", index=2, count=2)
 
@@ -558,13 +585,13 @@ def test_schema_defaults_are_finite_and_valid():
         "adapter.max_tokens=3",
         "objective=tiny_sentiment",
         "model@source=tiny_gpt2",
-        "dataset.subset.mode=first",
+        "dataset.split=val",
     ],
 )
 def test_run_hash_changes_with_determining_keys(override):
     key, _, value = override.partition("=")
     cfg = compose_cfg([override]) if "@" in key or key == "objective" else with_values(**{key: value})
-    assert run_config_hash(cfg) != run_config_hash(compose_cfg())
+    assert _run_hash(cfg) != _run_hash(compose_cfg())
 
 
 @pytest.mark.parametrize(
@@ -589,10 +616,10 @@ def test_run_hash_ignores_paths_logger_device(override):
     # interpolates device: neither may leak into the hash.
     key, _, value = override.partition("=")
     cfg = compose_cfg([override]) if key == "logger" else with_values(**{key: value})
-    assert run_config_hash(cfg) == run_config_hash(compose_cfg())
+    assert _run_hash(cfg) == _run_hash(compose_cfg())
 
 
 def test_run_hash_is_stable_across_compositions():
     a, b = compose_cfg(["search.top_k=7"]), compose_cfg(["search.top_k=7"])
-    assert run_config_hash(a) == run_config_hash(b)
-    assert len(run_config_hash(a)) == 16
+    assert _run_hash(a) == _run_hash(b)
+    assert len(_run_hash(a)) == 16

@@ -389,10 +389,11 @@ def test_clip_objective_reads_an_image_in_memory_like_a_file(tiny_clip, tmp_path
 
 
 def test_synthetic_captions_get_no_caption_metrics_and_say_why():
-    from fuse_repro.scoring import ScoringOptions, score_captions
+    from fuse_repro.scoring import score_captions
+    from tests.helpers import scoring_options
 
     items = read_synthetic_images(SyntheticImagesConfig(num_images=2, size=16))
     metrics, _rows = score_captions({it.id: "a red circle" for it in items}, items,
-                                   ScoringOptions(metrics=("Bleu", "CIDEr")))
+                                   scoring_options(metrics=("Bleu", "CIDEr")))
     assert not metrics.get("metrics")
     assert "reference" in json.dumps(metrics.get("unavailable"))

@@ -19,7 +19,8 @@ from PIL import Image
 import run as run_py_module
 from fuse_repro import app, sweep
 from fuse_repro.errors import ConfigError
-from fuse_repro.provenance import check_provenance, results_fields
+from fuse_repro.config import validate
+from fuse_repro.provenance import record_provenance, results_fields
 from tests.helpers import REPO
 
 
@@ -137,7 +138,7 @@ def test_resume_with_other_settings_is_refused(env, capsys, monkeypatch):
     folder = env["root"] / "run"
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         six = compose("config", overrides=["stage=caption", "search.steps=6"])
-    check_provenance(folder, results_fields(six))
+    record_provenance(folder, results_fields(validate(six, output_dir=str(folder))))
     (folder / "captions.jsonl").write_text(json.dumps({"id": "dog_beach", "caption": "x"}) + "\n")
     code, out, err = run_entry(["stage=caption", "search.steps=3", "logger=none",
                                 f"hydra.run.dir={folder}"], capsys, monkeypatch)

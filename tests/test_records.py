@@ -10,7 +10,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from fuse_repro.errors import FuseError
-from fuse_repro.provenance import check_provenance, fields_hash, results_fields
+from tests.helpers import root_config
+from fuse_repro.provenance import check_provenance, fields_hash, record_provenance, results_fields
 from fuse_repro.records import (
     OutputError,
     ProvenanceError,
@@ -126,51 +127,54 @@ def test_sort_keys():
 # provenance
 
 
-def _cfg(**search):
-    return OmegaConf.create({
-        "seed": 0, "device": "cpu", "paths": {"data_dir": "/data"},
-        "source": {"name": "smollm2"}, "objective": {"lm_weight": 1.0},
-        "adapter": {"max_tokens": 4}, "search": {"method": "fuse", "steps": 6, **search},
-        "dataset": {"name": "d", "annotations": "${paths.data_dir}/a.json",
-                    "subset": {"mode": "first", "n": 2}},
-        "scoring": {"metrics": ["Bleu"]}, "logger": {"mode": "offline"},
-    })
+def _cfg(*overrides: str):
+    return root_config(["dataset=coco_karpathy", *overrides])
 
 
 def test_results_fields_ignore_what_cannot_change_a_caption():
     base = results_fields(_cfg())
-    assert base["search.steps"] == 6 and base["dataset.annotations"] == "<paths.data_dir>/a.json"
+    assert base["search.steps"] == 6
+    assert base["dataset.annotations"].startswith("<paths.data_dir>/coco/")
     assert not any(k.startswith(("scoring", "logger", "paths", "dataset.subset")) for k in base)
-    moved = _cfg()
-    moved.paths.data_dir = "/elsewhere"
-    moved.device = "cuda"
-    moved.dataset.subset.n = 5
+    moved = _cfg("paths.data_dir=/elsewhere", "device=cuda", "dataset.subset.mode=first",
+                 "dataset.subset.n=5")
     assert fields_hash(results_fields(moved)) == fields_hash(base)
     assert results_fields(_cfg(), method="lm_only")["search.method"] == "lm_only"
-    assert fields_hash(results_fields(_cfg(steps=3))) != fields_hash(base)
+    assert fields_hash(results_fields(_cfg("search.steps=3"))) != fields_hash(base)
+
+
+def test_check_provenance_only_checks(tmp_path):
+    fields = results_fields(_cfg())
+    decision = check_provenance(tmp_path, fields)
+    assert decision.record == {"hash": fields_hash(fields), "fields": fields}
+    assert list(tmp_path.iterdir()) == []  # nothing written: record_provenance writes
 
 
 def test_resume_with_other_settings_is_refused_unless_forced(tmp_path):
-    six, three = results_fields(_cfg()), results_fields(_cfg(steps=3))
-    assert check_provenance(tmp_path, six) is None
+    six, three = results_fields(_cfg()), results_fields(_cfg("search.steps=3"))
+    assert record_provenance(tmp_path, six) is None
     (tmp_path / "captions.jsonl").write_text('{"id": "1", "caption": "a"}\n')
-    assert check_provenance(tmp_path, six) is None  # same settings: a plain resume
+    assert record_provenance(tmp_path, six) is None  # same settings: a plain resume
     with pytest.raises(ProvenanceError, match=r"search.steps: 6 -> 3.*resume=force"):
         check_provenance(tmp_path, three)
-    stamp = check_provenance(tmp_path, three, resume="force")
+    before = (tmp_path / "captions.jsonl").read_text()
+    with pytest.raises(ProvenanceError):
+        record_provenance(tmp_path, three)
+    assert (tmp_path / "captions.jsonl").read_text() == before  # a refusal changes nothing
+    stamp = record_provenance(tmp_path, three, resume="force")
     assert stamp == fields_hash(three)
     line = json.loads((tmp_path / "captions.jsonl").read_text())
     assert line["config_hash"] == fields_hash(six)  # the old line keeps the hash it was made with
     recorded = json.loads((tmp_path / "captions_config.json").read_text())
     assert recorded["mixed"] and recorded["previous"] == [fields_hash(six)]
-    assert check_provenance(tmp_path, three, resume="force") == stamp  # stays mixed
+    assert record_provenance(tmp_path, three, resume="force") == stamp  # stays mixed
 
 
 def test_merge_refuses_shards_made_with_other_settings(tmp_path):
-    for name, cfg in (("a", _cfg()), ("b", _cfg()), ("c", _cfg(steps=3))):
+    for name, cfg in (("a", _cfg()), ("b", _cfg()), ("c", _cfg("search.steps=3"))):
         folder = tmp_path / name
         folder.mkdir()
-        check_provenance(folder, results_fields(cfg))
+        record_provenance(folder, results_fields(cfg))
         (folder / "captions.jsonl").write_text(json.dumps({"id": name, "caption": name}) + "\n")
     merged = merge_captions([tmp_path / "a", tmp_path / "b"], tmp_path / "m" / "captions.jsonl")
     assert [r["id"] for r in merged] == ["a", "b"]

@@ -17,13 +17,12 @@ from fuse_repro.data import Item, read_coco_captions, read_embedded_refs
 from fuse_repro.errors import FuseError
 from fuse_repro.records import captions_by_id, read_caption_rows
 from fuse_repro.scoring import (
-    ScoringOptions,
     score_captions,
     score_captions_file,
     strip_caption_prefix,
 )
 from fuse_repro.sentiment import SentimentLabelError, sentiment_label_ids
-from tests.helpers import REPO, SHARED, needs_shared
+from tests.helpers import REPO, SHARED, needs_shared, root_config, scoring_options
 
 FAST = ("Bleu", "ROUGE_L", "CIDEr")  # the metrics without METEOR's ~15 s Java start-up
 
@@ -124,7 +123,7 @@ def test_missing_spice_still_scores_the_rest(tmp_path, monkeypatch):
     items = [Item(id="1", references=["a dog runs on the grass", "a brown dog"]),
              Item(id="2", references=["a red bus on a street"])]
     metrics, per = score_captions({"1": "a dog on grass", "2": "a bus"}, items,
-                                  ScoringOptions(metrics=("Bleu", "CIDEr", "SPICE")))
+                                  scoring_options(metrics=("Bleu", "CIDEr", "SPICE")))
     assert "SPICE" not in metrics["metrics"]
     assert "stanford-corenlp-3.6.0" in metrics["unavailable"]["SPICE"]
     assert set(metrics["metrics"]) == {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "CIDEr"}
@@ -157,7 +156,7 @@ def test_spice_output_parsing_with_a_stand_in_jar(monkeypatch):
              Item(id="2", references=["a cat"], domain="out-domain"),
              Item(id="3", references=["a cow"], domain="out-domain")]
     caps = {"1": "a dog", "2": "a small cat", "3": "a big brown cow"}
-    metrics, per = score_captions(caps, items, ScoringOptions(metrics=("SPICE",),
+    metrics, per = score_captions(caps, items, scoring_options(metrics=("SPICE",),
                                                               spice_cache_dir="/tmp/sc"))
     assert seen["cmd"][seen["cmd"].index("-cache") + 1] == "/tmp/sc"
     assert {"-subset", "-silent"} <= set(seen["cmd"])
@@ -172,7 +171,7 @@ def test_spice_output_parsing_with_a_stand_in_jar(monkeypatch):
         return sp.CompletedProcess(cmd, 1, b"", b"java.lang.OutOfMemoryError")
 
     monkeypatch.setattr(sp, "run", crash)
-    metrics, _ = score_captions(caps, items, ScoringOptions(metrics=("CIDEr", "SPICE")))
+    metrics, _ = score_captions(caps, items, scoring_options(metrics=("CIDEr", "SPICE")))
     assert "OutOfMemoryError" in metrics["unavailable"]["SPICE"]
     assert "CIDEr" in metrics["metrics"] and "SPICE" not in metrics["metrics"]
 
@@ -187,7 +186,7 @@ def test_score_captions_file_outputs_are_deterministic(tmp_path):
     rows = [{"id": it.id, "caption": f"An image of {it.references[1]}", "method": "fuse",
              "seconds": 1.5} for it in reversed(items)]
     path = _write_jsonl(tmp_path / "captions.jsonl", rows)
-    opts = ScoringOptions(metrics=FAST, strip_prefix="An image of")
+    opts = scoring_options(metrics=FAST, strip_prefix="An image of")
     metrics = score_captions_file(path, items, opts, dataset={"name": "toy"})
     text = (tmp_path / "metrics.json").read_text()
     per_text = (tmp_path / "per_caption.jsonl").read_text()
@@ -210,12 +209,12 @@ def test_score_captions_file_outputs_are_deterministic(tmp_path):
 def test_caption_and_item_mismatches(tmp_path):
     items = [Item(id="1", references=["a cat"]), Item(id="2", references=["a dog"])]
     with pytest.raises(ValueError, match=r"1 of 2 dataset items have no caption \(first: \['2'\]"):
-        score_captions({"1": "a cat"}, items, ScoringOptions(metrics=FAST))
+        score_captions({"1": "a cat"}, items, scoring_options(metrics=FAST))
     metrics, per = score_captions({"1": "a cat"}, items,
-                                  ScoringOptions(metrics=FAST, allow_missing=True))
+                                  scoring_options(metrics=FAST, allow_missing=True))
     assert metrics["num_missing"] == 1 and [r["id"] for r in per] == ["1"]
     with pytest.raises(ValueError, match=r"caption ids are not in the dataset \(first: \['9'\]"):
-        score_captions({"1": "a", "2": "b", "9": "c"}, items, ScoringOptions(metrics=FAST))
+        score_captions({"1": "a", "2": "b", "9": "c"}, items, scoring_options(metrics=FAST))
     dup = _write_jsonl(tmp_path / "dup.jsonl", [{"id": 1, "caption": "a"},
                                                 {"id": "1", "caption": "b"}])
     with pytest.raises(ValueError, match="id '1' appears more than once"):
@@ -233,7 +232,7 @@ def test_caption_and_item_mismatches(tmp_path):
 
 def test_no_references_means_no_caption_metrics():
     metrics, per = score_captions({"a": "a dog"}, [Item(id="a", image_path="a.jpg")],
-                                  ScoringOptions(metrics=FAST))
+                                  scoring_options(metrics=FAST))
     assert metrics["metrics"] == {}
     assert metrics["unavailable"]["CIDEr"] == "no item has references"
     assert per == [{"id": "a", "caption": "a dog"}]
@@ -247,7 +246,7 @@ def test_nocaps_domains_are_scored_separately():
     items = [Item(id=k, references=v, domain=domain[k]) for k, v in refs.items()]
     caps = {"1": "a bird", "2": "a bird in a tree", "3": "a car on a road", "4": "a car",
             "5": "a bird"}
-    metrics, per = score_captions(caps, items, ScoringOptions(metrics=("CIDEr", "SPICE")))
+    metrics, per = score_captions(caps, items, scoring_options(metrics=("CIDEr", "SPICE")))
     tok = ptb_tokenize(refs)
     res = {k: v for k, v in caps.items()}
     assert metrics["metrics"]["CIDEr"] == pytest.approx(cider(tok, res, list(refs))[0])
@@ -259,21 +258,18 @@ def test_nocaps_domains_are_scored_separately():
     assert per[0]["domain"] == "in-domain"
 
 
-def test_options_from_config_file():
-    root = OmegaConf.create({"paths": {"cache_dir": "/c"}, "device": "cpu"})
-    root.scoring = OmegaConf.load(REPO / "conf" / "scoring" / "default.yaml")
-    opts = ScoringOptions.from_config(root.scoring)
-    assert opts.metrics == ("Bleu", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
-    assert opts.spice_cache_dir == "/c/spice" and opts.sentiment_device == "cpu"
-    assert opts.sentiment_classifier == "cardiffnlp/twitter-roberta-base-sentiment-latest"
-    assert ScoringOptions.from_config({"metrics": ["bleu", "rouge"]}).metrics == ("Bleu",
-                                                                                  "ROUGE_L")
+def test_scoring_config_from_the_config_file():
+    opts = root_config(["paths.cache_dir=/c", "device=cpu"]).scoring
+    assert opts.metrics == ["Bleu", "METEOR", "ROUGE_L", "CIDEr", "SPICE"]
+    assert opts.spice.cache_dir == "/c/spice" and opts.sentiment.device == "cpu"
+    assert opts.sentiment.classifier == "cardiffnlp/twitter-roberta-base-sentiment-latest"
+    assert root_config(["scoring.metrics=[bleu,rouge]"]).scoring.metrics == ["Bleu", "ROUGE_L"]
     with pytest.raises(ValueError, match="unknown metric 'WER'"):
-        ScoringOptions.from_config({"metrics": ["WER"]})
+        root_config(["scoring.metrics=[WER]"])
     with pytest.raises(ValueError, match=r"unknown key (scoring\.)?spice\.heap"):
-        ScoringOptions.from_config({"spice": {"heap": "1G"}})
+        root_config(["+scoring.spice.heap=1G"])
     with pytest.raises(ValueError, match="sentiment.rule.*(must be|is not) one of"):
-        ScoringOptions.from_config({"sentiment": {"rule": "vote"}})
+        root_config(["scoring.sentiment.rule=vote"])
 
 
 def test_score_stage(tmp_path):
@@ -285,19 +281,19 @@ def test_score_stage(tmp_path):
     _write_jsonl(tmp_path / "captions.jsonl",
                  [{"id": str(i), "caption": c} for i, c in enumerate(["a red bus",
                                                                       "a tree", "a car"])])
-    cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path), "cache_dir": str(tmp_path)},
-                            "seed": 0, "device": "cpu"})
-    cfg.dataset = OmegaConf.load(REPO / "conf" / "dataset" / "text_targets.yaml")
-    cfg.scoring = OmegaConf.load(REPO / "conf" / "scoring" / "default.yaml")
-    cfg.scoring.metrics = list(FAST)
+    overrides = ["stage=score", "logger=none", f"paths.data_dir={tmp_path}",
+                 f"paths.cache_dir={tmp_path}", "dataset=text_targets",
+                 f"scoring.metrics=[{','.join(FAST)}]"]
+    cfg = root_config(overrides, output_dir=tmp_path)
     out = score_stage.run(cfg, tmp_path)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert out["metrics"] == saved
     assert out["objective"] == saved["metrics"]["CIDEr"] > 0
     assert saved["dataset"]["name"] == "text_targets" and saved["num_scored"] == 3
-    cfg.scoring.captions = str(tmp_path / "nope.jsonl")
+    cfg = root_config([*overrides, f"scoring.captions={tmp_path / 'nope.jsonl'}"],
+                      output_dir=tmp_path)
     with pytest.raises(FuseError, match="nope.jsonl"):
-        score_stage.run(cfg, tmp_path)
+        score_stage.check(cfg)
 
 
 def test_score_stage_takes_a_coco_results_file_as_a_labelled_external_row(tmp_path):
@@ -316,15 +312,12 @@ def test_score_stage_takes_a_coco_results_file_as_a_labelled_external_row(tmp_pa
     results.write_text(json.dumps([{"image_id": 100, "caption": "a red bus"},
                                    {"image_id": 101, "caption": "a tree"},
                                    {"image_id": 102, "caption": "a car"}]))
-    cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path), "cache_dir": str(tmp_path)},
-                            "seed": 0, "device": "cpu", "experiment_name": "zerocap_scored"})
-    cfg.dataset = OmegaConf.load(REPO / "conf" / "dataset" / "text_targets.yaml")
-    cfg.dataset.name = "coco_text_targets"
-    cfg.scoring = OmegaConf.load(REPO / "conf" / "scoring" / "default.yaml")
-    cfg.scoring.metrics = list(FAST)
-    cfg.scoring.captions = str(results)
-    cfg.scoring.label = "ZeroCap"
     run_dir = tmp_path / "outputs" / "zerocap_scored" / "2024-01-01_00-00-00"
+    cfg = root_config(["stage=score", "logger=none", f"paths.data_dir={tmp_path}",
+                       f"paths.cache_dir={tmp_path}", "experiment_name=zerocap_scored",
+                       "dataset=text_targets", "dataset.name=coco_text_targets",
+                       f"scoring.metrics=[{','.join(FAST)}]", f"scoring.captions={results}",
+                       "scoring.label=ZeroCap"], output_dir=run_dir)
     out = score_stage.run(cfg, run_dir)
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert sorted(p.name for p in published.iterdir()) == ["zerocap_coco_results.json"]
@@ -400,8 +393,8 @@ def test_sentiment_accuracy_with_tiny_classifier(positive_classifier):
     items = [Item(id=str(i), references=["a dog on the grass"],
                   sentiment="positive" if i < 3 else "negative") for i in range(5)]
     caps = {str(i): "a happy dog on the grass" if i < 3 else "a sad dog" for i in range(5)}
-    opts = ScoringOptions(metrics=("Bleu",), sentiment_classifier=str(positive_classifier),
-                          sentiment_batch_size=2)
+    opts = scoring_options(metrics=("Bleu",), classifier=str(positive_classifier),
+                          batch_size=2)
     metrics, per = score_captions(caps, items, opts)
     sent = metrics["sentiment"]
     assert sent["accuracy"] == pytest.approx(3 / 5)
@@ -419,23 +412,23 @@ def test_sentiment_rules_and_label_errors(tmp_path):
                            [5.0, 50.0, 0.0])
     items = [Item(id="1", sentiment="positive"), Item(id="2", sentiment="negative")]
     caps = {"1": "a dog", "2": "a dog"}
-    argmax = score_captions(caps, items, ScoringOptions(metrics=(),
-                                                        sentiment_classifier=str(clf)))[0]
+    argmax = score_captions(caps, items, scoring_options(metrics=(),
+                                                        classifier=str(clf)))[0]
     assert argmax["sentiment"]["accuracy"] == 0.0
-    pvn = score_captions(caps, items, ScoringOptions(
-        metrics=(), sentiment_classifier=str(clf), sentiment_rule="pos_vs_neg"))[0]
+    pvn = score_captions(caps, items, scoring_options(
+        metrics=(), classifier=str(clf), rule="pos_vs_neg"))[0]
     assert pvn["sentiment"]["accuracy"] == 0.5
     bad = _tiny_classifier(tmp_path / "bad", {0: "LABEL_0", 1: "LABEL_1"}, [0.0, 1.0])
     with pytest.raises(SentimentLabelError, match=r"LABEL_0.*none matches 'negative'"):
-        score_captions(caps, items, ScoringOptions(metrics=(), sentiment_classifier=str(bad)))
+        score_captions(caps, items, scoring_options(metrics=(), classifier=str(bad)))
     assert sentiment_label_ids({0: "Negative", 1: "POSITIVE", 2: "other"}) == {
         "negative": 0, "positive": 1}
 
 
 def test_sentiment_without_classifier_is_recorded(tmp_path):
     items = [Item(id="1", references=["a dog"], sentiment="positive")]
-    metrics = score_captions({"1": "a dog"}, items, ScoringOptions(
-        metrics=("Bleu",), sentiment_classifier=str(tmp_path / "no_such_model")))[0]
+    metrics = score_captions({"1": "a dog"}, items, scoring_options(
+        metrics=("Bleu",), classifier=str(tmp_path / "no_such_model")))[0]
     assert "no_such_model" in metrics["unavailable"]["sentiment_accuracy"]
     assert "Bleu_1" in metrics["metrics"] and "sentiment" not in metrics
 
@@ -469,7 +462,7 @@ def test_reproduces_coco_caption_demo(tmp_path):
     assert len(items) == 1000
     path = _write_jsonl(tmp_path / "captions.jsonl",
                         [{"id": str(r["image_id"]), "caption": r["caption"]} for r in results])
-    metrics = score_captions_file(path, items, ScoringOptions())
+    metrics = score_captions_file(path, items, scoring_options())
     m = metrics["metrics"]
     published = {"Bleu_1": 0.579, "Bleu_2": 0.404, "Bleu_3": 0.279, "Bleu_4": 0.191,
                  "METEOR": 0.195, "ROUGE_L": 0.396, "CIDEr": 0.600}
@@ -500,7 +493,7 @@ def test_reproduces_magic_published_scores(tmp_path):
             for it, entry in zip(items, json.loads(path.read_text()))]
     captions = _write_jsonl(tmp_path / "captions.jsonl", rows)
     metrics = score_captions_file(captions, items,
-                                  ScoringOptions(metrics=("Bleu", "METEOR", "ROUGE_L", "CIDEr")))
+                                  scoring_options(metrics=("Bleu", "METEOR", "ROUGE_L", "CIDEr")))
     m = metrics["metrics"]
     published = {"Bleu_1": 0.568, "Bleu_2": 0.358, "Bleu_3": 0.214, "Bleu_4": 0.129,
                  "METEOR": 0.174, "ROUGE_L": 0.399, "CIDEr": 0.493}

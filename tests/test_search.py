@@ -31,7 +31,7 @@ from fuse_repro.search import (
     slot_gradient,
     start_search,
 )
-from fuse_repro.stages import caption as caption_stage
+from fuse_repro import captioner as caption_stage
 
 # Plumbing fits for the tiny random models: a small corpus is plenty.
 SMALL_FIT = AdapterConfig(words_per_bucket=256, heldout_words=16, corpus=CorpusConfig(max_words=20000))

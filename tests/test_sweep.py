@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from fuse_repro.data import Item, select_subset
 from fuse_repro.errors import FuseError
+from tests.helpers import root_config
 from fuse_repro.records import merge_captions as merge_shards
 from fuse_repro.sweep import FAILED_JOBS, SweepSummaryCallback, flatten, write_sweep_summary
 
@@ -160,14 +161,12 @@ def test_merge_stage_with_glob(tmp_path):
     for i in range(3):
         _write_run(tmp_path / "multirun" / str(i) / "captions.jsonl",
                    select_subset(items, "shard", index=i, count=3))
-    cfg = OmegaConf.create({"merge": OmegaConf.load(REPO / "conf" / "merge" / "default.yaml")})
-    cfg.merge.inputs = [str(tmp_path / "multirun" / "*")]
+    cfg = root_config(["stage=merge", f"merge.inputs=[{tmp_path / 'multirun' / '*'}]"])
     out = merge_stage.run(cfg, tmp_path / "merged_run")
     assert out == {"output": str(tmp_path / "merged_run" / "captions.jsonl"), "num_captions": 5}
     assert [r["id"] for r in _rows(tmp_path / "merged_run" / "captions.jsonl")] == list("01234")
-    cfg.merge.inputs = []
     with pytest.raises(ValueError, match="merge.inputs is empty"):
-        merge_stage.run(cfg, tmp_path / "x")
+        merge_stage.check(root_config(["stage=merge"]))
 
 
 # ---------------------------------------------------------------------------- real multirun
@@ -224,17 +223,19 @@ def test_each_multirun_gets_its_own_wandb_group(monkeypatch, tmp_path):
 
     from fuse_repro.tracking import run_names
 
-    cfg = OmegaConf.create({"experiment_name": "coco", "logger": {"group": "coco"}})
-    assert run_names(cfg, tmp_path / "2024-01-01_00-00-00", "caption") == (
+    from fuse_repro.config import LoggerConfig
+
+    logger = LoggerConfig(name="wandb", group="coco")
+    assert run_names(logger, "coco", tmp_path / "2024-01-01_00-00-00", "caption") == (
         "coco", "coco-caption-2024-01-01_00-00-00")  # a single run keeps logger.group
     job = OmegaConf.create({"mode": RunMode.MULTIRUN, "sweep": {"dir": "/out/multirun/coco/2024-05-06"},
                             "overrides": {"task": ["search.top_k=32", "seed=1"]}, "job": {"num": 3}})
     monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
     monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: job))
-    assert run_names(cfg, tmp_path / "3", "caption") == (
+    assert run_names(logger, "coco", tmp_path / "3", "caption") == (
         "coco-sweep-2024-05-06", "3: search.top_k=32 seed=1")
-    cfg.logger.group = "my_study"  # an explicit group wins
-    assert run_names(cfg, tmp_path / "3", "caption")[0] == "my_study"
+    logger.group = "my_study"  # an explicit group wins
+    assert run_names(logger, "coco", tmp_path / "3", "caption")[0] == "my_study"
 
 
 def test_failed_jobs_are_named(tmp_path):

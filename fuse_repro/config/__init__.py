@@ -21,7 +21,6 @@ from fuse_repro.config.hashing import (
     run_config_hash,
     stable_hash,
     to_plain,
-    write_json,
 )
 from fuse_repro.config.model import (
     MODEL_DTYPES,
@@ -37,8 +36,6 @@ from fuse_repro.config.model import (
     TokenizerConfig,
 )
 from fuse_repro.config.reporting import (
-    METRICS,
-    SENTIMENT_RULES,
     LoggerConfig,
     MergeConfig,
     MeteorConfig,
@@ -62,7 +59,6 @@ from fuse_repro.config.schemas import (
     TermConfig,
     check_choice,
     check_min,
-    search_methods,
 )
 from fuse_repro.config.store import (
     ROOT_SCHEMA,
@@ -79,14 +75,12 @@ register_schemas()
 
 __all__ = [
     "DATASET_FORMATS",
-    "METRICS",
     "MODEL_DTYPES",
     "MODEL_KINDS",
     "MODEL_SCHEMAS",
     "REPO_ROOT",
     "ROOT_SCHEMA",
     "RUN_HASH_EXCLUDE",
-    "SENTIMENT_RULES",
     "SUBSET_MODES",
     "AdapterConfig",
     "ConfigError",
@@ -125,9 +119,7 @@ __all__ = [
     "register_resolvers",
     "register_schemas",
     "run_config_hash",
-    "search_methods",
     "stable_hash",
     "to_plain",
     "validate",
-    "write_json",
 ]

@@ -1,11 +1,12 @@
 """Resolvers, hashing and run labels.
 
 Artifacts are cached by ``stable_hash`` of exactly the config that determines them (STYLE.md:
-audiocraft); run-level hashes exclude what cannot change a result (paths, logger, hydra, device).
+audiocraft); run-level hashes exclude what cannot change a result (paths, logger, device).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -48,42 +49,59 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
+def sha256_json(obj: Any) -> str:
+    """sha256 (hex) of ``obj`` as canonical JSON: sorted keys, no spaces, UTF-8 (non-ASCII text
+    as itself, not ``\\u`` escapes). The one digest behind every cache key, fingerprint and run
+    hash."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def stable_hash(obj: Any, length: int = 16) -> str:
-    """sha256 of the canonical JSON of ``obj`` (sorted keys), truncated to ``length`` hex chars."""
-    text = json.dumps(to_plain(obj), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+    """``sha256_json`` of ``obj`` (a config node or dataclass is made plain first), truncated to
+    ``length`` hex chars."""
+    return sha256_json(to_plain(obj))[:length]
+
+
 # Top-level keys that never change a result: where files go, how runs are logged, which device.
 RUN_HASH_EXCLUDE = (
-    "paths", "logger", "hydra", "device", "stage", "threads", "resume", "optimized_metric",
-    "debug",
+    "paths", "logger", "device", "stage", "threads", "resume", "optimized_metric", "debug",
 )
+# Fields that name a device below the root (wired to ${device}): masked like the root key.
+DEVICE_FIELDS = {("scoring", "sentiment", "device")}
+# The path roots a value is masked by (paths.root_dir is not: bundled resources live under it).
+MASKED_PATHS = ("data_dir", "cache_dir", "log_dir", "output_dir")
 
 
-def placeholders(node: Any, prefix: str) -> Any:
-    """Every leaf of an excluded node replaced by the text ``<its.key.path>``."""
+def _mask(node: Any, paths: list[tuple[str, str]], where: tuple[str, ...]) -> Any:
+    """``node`` with every string under one of ``paths`` written ``<paths.x>/rest``, and the
+    device fields written ``<device>``."""
+    if where in DEVICE_FIELDS:
+        return "<device>"
     if isinstance(node, dict):
-        return {k: placeholders(v, f"{prefix}.{k}") for k, v in node.items()}
+        return {k: _mask(v, paths, (*where, str(k))) for k, v in node.items()}
     if isinstance(node, list):
-        return [placeholders(v, f"{prefix}.{i}") for i, v in enumerate(node)]
-    return f"<{prefix}>"
+        return [_mask(v, paths, where) for v in node]
+    if isinstance(node, str):
+        for name, value in paths:
+            if node == value or node.startswith(value.rstrip("/") + "/"):
+                return f"<paths.{name}>" + node[len(value.rstrip("/")):]
+    return node
 
 
-def run_config_hash(cfg: DictConfig) -> str:
-    """Hash of the resolved run config minus RUN_HASH_EXCLUDE: labels a table row.
+def masked_groups(cfg: Any, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The root config's ``keys`` as plain values, with paths and devices masked, so that moving
+    the data, the cache or the logs, or switching device, cannot change a hash of them."""
+    roots = [(name, str(getattr(cfg.paths, name))) for name in MASKED_PATHS]
+    roots = sorted((r for r in roots if r[1] not in ("", "???")), key=lambda r: -len(r[1]))
+    return {key: _mask(to_plain(getattr(cfg, key)), roots, (key,)) for key in keys}
 
-    Kept keys that interpolate an excluded one (``scoring.spice.cache_dir:
-    ${paths.cache_dir}/spice``, ``scoring.sentiment.device: ${device}``, ``table.roots``) see a
-    fixed placeholder instead of its value, so moving the cache or the logs or switching device
-    cannot change the hash.
-    """
-    raw = OmegaConf.to_container(cfg, resolve=False)
-    assert isinstance(raw, dict)
-    for key in RUN_HASH_EXCLUDE:
-        if key in raw:
-            raw[key] = placeholders(raw[key], key)
-    masked = OmegaConf.create(raw)
-    kept = {key: to_plain(masked[key]) for key in masked if key not in RUN_HASH_EXCLUDE}
-    return stable_hash(kept)
+
+def run_config_hash(cfg: Any) -> str:
+    """Hash of the validated root config (``FuseConfig``) minus ``RUN_HASH_EXCLUDE``, paths and
+    devices masked: labels a table row."""
+    kept = tuple(f.name for f in dataclasses.fields(cfg) if f.name not in RUN_HASH_EXCLUDE)
+    return stable_hash(masked_groups(cfg, kept))
 
 
 def git_commit() -> str:
@@ -99,10 +117,3 @@ def git_commit() -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 else "unknown"
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Kept for old imports: the one atomic JSON writer is ``fuse_repro.records.write_json``."""
-    from fuse_repro.records import write_json as _write_json
-
-    _write_json(path, obj)

@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
+from fuse_repro.coco_metrics import METRICS, canonical_metric
 from fuse_repro.config.schemas import check_choice, check_min
 from fuse_repro.errors import ConfigError
+from fuse_repro.sentiment import SENTIMENT_RULES
 
-# -------------------------------------------------------------------------------------- scoring
-METRICS = ("Bleu", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
-SENTIMENT_RULES = ("argmax", "pos_vs_neg")
+# The metric names and the sentiment rules belong to their registries (coco_metrics, sentiment;
+# both torch-free); the schema checks against those lists.
 
 
 @dataclass
@@ -75,11 +76,13 @@ class ScoringConfig:
     sentiment: SentimentScoringConfig = field(default_factory=SentimentScoringConfig)
 
     def __post_init__(self) -> None:
-        known = {m.lower(): m for m in METRICS}
-        known.update({"rouge": "ROUGE_L", "rougel": "ROUGE_L", "bleu4": "Bleu"})
-        for name in self.metrics:
-            if str(name).lower() not in known:
-                raise ConfigError(f"scoring.metrics: unknown metric {name!r}; known: {list(METRICS)}")
+        # Aliases (rouge, bleu4, any case) become the registry's names, in the order given.
+        self.metrics = [canonical_metric(m) for m in self.metrics]
+        if self.strip_prefix is not None and not self.strip_prefix.strip():
+            self.strip_prefix = None
+        if self.label is not None and not self.label.strip():
+            raise ConfigError("scoring.label is empty; name the external system (e.g. "
+                              "scoring.label=ZeroCap) or leave it null")
 
 
 # ---------------------------------------------------------------------------------- table, merge

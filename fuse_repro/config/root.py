@@ -23,10 +23,12 @@ from fuse_repro.config.schemas import (
     check_min,
 )
 from fuse_repro.errors import ConfigError
-from fuse_repro.records import RESUME_MODES
 
 # --------------------------------------------------------------------------------------- root
 WEIGHTS = ("pretrained", "random")
+# check: refuse to resume a caption folder made with other settings; force: mix them
+# (fuse_repro.provenance).
+RESUME_MODES = ("check", "force")
 
 
 @dataclass
@@ -37,8 +39,7 @@ class PipelineConfig:
     plot: bool = True
 
     def __post_init__(self) -> None:
-        # Each name is checked against the search registry when the pipeline stage builds its
-        # SearchConfig per method (dataclasses.replace runs SearchConfig's validation).
+        # The names are checked against the search registry by the pipeline stage's check.
         if not self.methods:
             raise ConfigError("pipeline.methods is empty: list at least one search method")
 

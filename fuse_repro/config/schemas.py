@@ -14,9 +14,11 @@ exceptions, checked by tests/test_config.py:
 - interpolations (``${seed}``, ``${paths.cache_dir}/spice``, ``${experiment_name}``) are wiring,
   not defaults: they live in yaml, since a Python caller has no root config to resolve them.
 
-Validation lives in ``__post_init__``: it runs once, when a stage converts its group with
-``fuse_repro.config.convert`` (or when Python code builds the dataclass), and raises
-``ConfigError`` naming the key, the bad value and the fix.
+Validation lives in ``__post_init__``: it runs once, when the entry point validates the whole
+config (``fuse_repro.config.validate``) or when Python code builds the dataclass, and raises
+``ConfigError`` naming the key, the bad value and the fix. Names that belong to a registry in a
+torch module (search methods, objectives) are checked by that library's own check, which the
+stage's ``check`` calls before any model loads.
 """
 
 from __future__ import annotations
@@ -153,20 +155,14 @@ class ObjectiveConfig:
 
 
 # --------------------------------------------------------------------------------------- search
-def search_methods() -> tuple[str, ...]:
-    """Names in the search registry (imported lazily: the registry needs torch)."""
-    from fuse_repro.search.methods import SEARCH_METHODS
-
-    return tuple(SEARCH_METHODS)
-
-
 @dataclass
 class SearchConfig:
     """Token-by-token beam search. These defaults are the offline run's, sized for a 2-core CPU;
     conf/search/paper.yaml holds the paper's (top_k 512, beam 5, 16 steps, logit_weight 1)."""
 
-    # fuse (gradient through every objective), lm_only (secondary weights 0), random_proposal
-    # (candidates drawn at random from the LM's top tokens, same evaluation budget).
+    # A key of fuse_repro.search.methods.SEARCH_METHODS: fuse (gradient through every
+    # objective), lm_only (secondary weights 0), random_proposal (candidates drawn at random from
+    # the LM's top tokens, same evaluation budget).
     method: str = "fuse"
     prefix: str = "An image of"
     steps: int = 6
@@ -197,10 +193,8 @@ class SearchConfig:
     slot_init: str = "lm_argmax"
 
     def __post_init__(self) -> None:
-        from fuse_repro.search.methods import check_conventions  # the registry owns the names
-
-        check_choice("search.method", self.method, search_methods())
-        check_conventions(self)
+        # method, lm_term, returned and slot_init are names of the search registries; the
+        # search library checks them (fuse_repro.captioner.check_search) before a model loads.
         for key in ("steps", "top_k", "beam_width", "eval_chunk", "pool_factor"):
             check_min(f"search.{key}", getattr(self, key), 1)
         check_min("search.min_steps", self.min_steps, 0)

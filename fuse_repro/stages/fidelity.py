@@ -20,22 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from fuse_repro.config import convert
-from fuse_repro.errors import ConfigError
-from fuse_repro.fidelity import (
-    FidelityConfig,
-    control_bridges,
-    measure_state,
-    search_states,
-    summarize,
-)
+from fuse_repro.captioner import Captioner, build_captioner
+from fuse_repro.config import ConfigError, FuseConfig
+from fuse_repro.fidelity import control_bridges, measure_state, search_states, summarize
 from fuse_repro.records import write_json, write_jsonl, write_text
 from fuse_repro.runtime import resolve_device
 from fuse_repro.stages import caption
-from fuse_repro.stages.caption import build_captioner, dataset_items
+from fuse_repro.stages.caption import dataset_items
+from fuse_repro.table_render import format_cell
 from fuse_repro.tracking import open_tracker
 from fuse_repro.weights_label import banner
 
@@ -74,19 +68,13 @@ def overflow_share(objectives: list[Any], primary: Any, items: list[Any]) -> dic
     return out
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.4f}"
-    return str(value)
-
-
 def rows_to_csv(rows: list[dict[str, Any]]) -> str:
     columns = list(rows[0]) if rows else CSV_HEAD
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _fmt(v) for k, v in row.items()})
+        writer.writerow({k: format_cell(v, 4) for k, v in row.items()})
     return buf.getvalue()
 
 
@@ -127,68 +115,76 @@ def rows_to_markdown(rows: list[dict[str, Any]], recall_k: int, context: dict[st
     return "\n".join(lines) + "\n"
 
 
-def check(cfg: DictConfig) -> None:
-    """Config-only validation, before any model loads: what a caption run checks, the fidelity
-    group, and a search that has a gradient to measure."""
+def check(cfg: FuseConfig) -> None:
+    """Config-only validation, before any model loads: what a caption run checks, and a search
+    that has a gradient to measure."""
     caption.check(cfg)
-    convert(cfg.fidelity, FidelityConfig)
-    method = convert(cfg.search).method
-    if method != "fuse":
-        raise ConfigError(f"stage=fidelity measures the fuse search's gradient; search.method={method!r} "
-                          "must be fuse")
+    if cfg.search.method != "fuse":
+        raise ConfigError(f"stage=fidelity measures the fuse search's gradient; "
+                          f"search.method={cfg.search.method!r} must be fuse")
 
 
-def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    check(cfg)
-    fid_cfg = convert(cfg.fidelity, FidelityConfig)
-    adapter_cfg = convert(cfg.adapter)
-    search_cfg = convert(cfg.search)
-    device = resolve_device(cfg.device)
-    items = dataset_items(cfg)
-    if fid_cfg.max_items is not None:
-        items = items[: fid_cfg.max_items]
-    captioner = build_captioner(cfg.source, cfg.objective, adapter_cfg, Path(cfg.paths.cache_dir), device)
-    searching = [o for o in captioner.objectives if o.weight > 0]
-    if not searching:
-        raise ConfigError("stage=fidelity needs an objective term with weight > 0 (there is no gradient "
-                          "to measure)")
-    seed = int(cfg.seed)
-    controls = control_bridges(searching, fid_cfg, seed)
-    start = time.perf_counter()
+def measure(cfg: FuseConfig, items: list[Any], captioner: Captioner,
+            searching: list[Any]) -> list[dict[str, Any]]:
+    """One record per (item, state): every condition measured at the fuse search's best beam
+    after each step of ``fidelity.after_steps``."""
+    fid = cfg.fidelity
+    controls = control_bridges(searching, fid, cfg.seed)
     records = []
     for index, item in enumerate(tqdm(items, desc="fidelity", unit="item")):
-        states = search_states(item, captioner.primary, captioner.objectives, search_cfg, captioner.lm_weight,
-                               seed, fid_cfg.after_steps)
+        states = search_states(item, captioner.primary, captioner.objectives, cfg.search,
+                               captioner.lm_weight, cfg.seed, fid.after_steps)
         for step, state in states:
-            rng = np.random.default_rng([seed, index, step])
-            record = measure_state(state, controls, fid_cfg, rng)
+            rng = np.random.default_rng([cfg.seed, index, step])
+            record = measure_state(state, controls, fid, rng)
             record["step"] = step
             records.append(record)
-    seconds = time.perf_counter() - start
-    rows = summarize(records, fid_cfg.recall_k)
+    return records
+
+
+def run_context(cfg: FuseConfig, items: list[Any], captioner: Captioner, searching: list[Any],
+                states: int) -> dict[str, Any]:
+    """What the summary and the markdown say about the run: models, L, N, fit residuals and the
+    share of the dataset's words past the cap."""
     residuals = fit_residuals(searching[0].bridge.adapter.report)
-    context = {
+    return {
         "source": captioner.primary.name,
         "targets": ", ".join(sorted({o.model.name for o in searching})),
-        "max_tokens": adapter_cfg.max_tokens,
-        "words_per_bucket": adapter_cfg.words_per_bucket,
-        "overflow_policy": adapter_cfg.overflow,
-        "after_steps": sorted({int(s) for s in fid_cfg.after_steps}),
+        "max_tokens": cfg.adapter.max_tokens,
+        "words_per_bucket": cfg.adapter.words_per_bucket,
+        "overflow_policy": cfg.adapter.overflow,
+        "after_steps": sorted(set(cfg.fidelity.after_steps)),
         "items": len(items),
-        "states": len(records),
-        "top_k": fid_cfg.top_k,
-        "recall_k": fid_cfg.recall_k,
+        "states": states,
+        "top_k": cfg.fidelity.top_k,
+        "recall_k": cfg.fidelity.recall_k,
         "fit_residual_heldout": residuals["residual_heldout"],
         "fit_residual_fit": residuals["residual_fit"],
         "fit_baseline_heldout": residuals["baseline_heldout"],
         "overflow": overflow_share(searching, captioner.primary, items),
         "adapter_keys": captioner.adapter_keys,
     }
+
+
+def run(cfg: FuseConfig, out_dir: Path) -> dict[str, Any]:
+    items = dataset_items(cfg)[: cfg.fidelity.max_items]
+    captioner = build_captioner(cfg.source, cfg.objective, cfg.adapter, Path(cfg.paths.cache_dir),
+                                resolve_device(cfg.device))
+    searching = [o for o in captioner.objectives if o.weight > 0]
+    if not searching:
+        raise ConfigError("stage=fidelity needs an objective term with weight > 0 (there is no "
+                          "gradient to measure)")
+    start = time.perf_counter()
+    records = measure(cfg, items, captioner, searching)
+    seconds = time.perf_counter() - start
+    rows = summarize(records, cfg.fidelity.recall_k)
+    context = run_context(cfg, items, captioner, searching, len(records))
+    markdown = rows_to_markdown(rows, cfg.fidelity.recall_k, context)
     write_jsonl(out_dir / "fidelity_states.jsonl", records)
     write_text(out_dir / "fidelity.csv", rows_to_csv(rows))
-    write_text(out_dir / "fidelity.md", rows_to_markdown(rows, fid_cfg.recall_k, context))
+    write_text(out_dir / "fidelity.md", markdown)
     write_json(out_dir / "fidelity_summary.json", {"context": context, "rows": rows})
-    print(rows_to_markdown(rows, fid_cfg.recall_k, context))
+    print(markdown)
     log.info("fidelity: %d states in %.1f s", len(records), seconds)
     with open_tracker(cfg, out_dir, "fidelity", {"adapter_keys": captioner.adapter_keys}) as tracker:
         for row in rows:

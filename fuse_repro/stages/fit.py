@@ -6,15 +6,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
 from fuse_repro.adapter import fit_adapter, format_report
-from fuse_repro.config import ModelConfig, convert
+from fuse_repro.config import FuseConfig
 from fuse_repro.models import load_model
-from fuse_repro.weights import check_available
 from fuse_repro.records import write_json
 from fuse_repro.runtime import resolve_device
 from fuse_repro.tracking import open_tracker
+from fuse_repro.weights import check_available
 
 log = logging.getLogger(__name__)
 
@@ -23,22 +21,18 @@ log = logging.getLogger(__name__)
 OPTIMIZED_METRIC = "heldout_residual"
 
 
-def check(cfg: DictConfig) -> None:
-    """Config-only checks: both models' configs and the adapter settings."""
-    convert(cfg.source, ModelConfig)
-    convert(cfg.target, ModelConfig)
-    convert(cfg.adapter)
+def check(cfg: FuseConfig) -> None:
+    """Config-only checks: both models can be loaded here."""
     check_available(cfg.source)
     check_available(cfg.target)
 
 
-def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    adapter_cfg = convert(cfg.adapter)
+def run(cfg: FuseConfig, out_dir: Path) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     cache_dir = Path(cfg.paths.cache_dir)
     source = load_model(cfg.source, cache_dir=cache_dir, device=device)
     target = load_model(cfg.target, cache_dir=cache_dir, device=device)
-    adapter = fit_adapter(source, target, adapter_cfg, cache_dir)
+    adapter = fit_adapter(source, target, cfg.adapter, cache_dir)
     held = [row["residual_heldout"] for row in adapter.report.get("buckets", [])
             if row.get("residual_heldout") is not None]
     summary = {

@@ -9,11 +9,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
-from fuse_repro.config import MergeConfig, convert
-from fuse_repro.errors import ConfigError
-from fuse_repro.records import merge_captions
+from fuse_repro.config import ConfigError, FuseConfig
+from fuse_repro.records import CAPTIONS_NAME, merge_captions
 
 log = logging.getLogger(__name__)
 
@@ -21,21 +18,14 @@ log = logging.getLogger(__name__)
 OPTIMIZED_METRIC = None
 
 
-def _inputs(cfg: DictConfig) -> tuple[list[str], str | None]:
-    merge = convert(cfg.merge, MergeConfig)
-    if not merge.inputs:
+def check(cfg: FuseConfig) -> None:
+    if not cfg.merge.inputs:
         raise ConfigError("merge.inputs is empty: list shard captions.jsonl files, shard run "
                           "folders or glob patterns (e.g. 'outputs/multirun/x/*/*')")
-    return [str(i) for i in merge.inputs], merge.output
 
 
-def check(cfg: DictConfig) -> None:
-    _inputs(cfg)
-
-
-def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    inputs, output_node = _inputs(cfg)
-    output = Path(output_node) if output_node else Path(out_dir) / "captions.jsonl"
-    rows = merge_captions(inputs, output)
+def run(cfg: FuseConfig, out_dir: Path) -> dict[str, Any]:
+    output = Path(cfg.merge.output) if cfg.merge.output else Path(out_dir) / CAPTIONS_NAME
+    rows = merge_captions(cfg.merge.inputs, output)
     log.info("merged %d captions into %s", len(rows), output)
     return {"output": str(output), "num_captions": len(rows)}

@@ -14,17 +14,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
+from fuse_repro.config import DatasetConfig, FuseConfig, to_plain
+from fuse_repro.data import load_dataset
 from fuse_repro.records import (
     CAPTIONS_NAME,
     RUN_INFO_NAME,
     RecordsError,
     read_run_info,
-    write_json,
     write_run_info,
 )
-from fuse_repro.scoring import ScoringOptions, score_captions_file
+from fuse_repro.scoring import score_captions_file
 from fuse_repro.tracking import open_tracker
 from fuse_repro.weights_label import weights_fields
 
@@ -35,22 +34,16 @@ log = logging.getLogger(__name__)
 OPTIMIZED_METRIC = "CIDEr"
 
 
-def dataset_record(cfg_dataset: DictConfig) -> dict[str, Any]:
+def dataset_record(dataset: DatasetConfig) -> dict[str, Any]:
     """What metrics.json records about the dataset: name, format, split, sentiment, subset."""
     keep = ("name", "format", "split", "sentiment", "subset")
-    plain = OmegaConf.to_container(cfg_dataset, resolve=True)
-    assert isinstance(plain, dict)
-    return {k: plain.get(k) for k in keep if plain.get(k) is not None}
+    return {k: to_plain(getattr(dataset, k)) for k in keep if getattr(dataset, k) is not None}
 
 
-def captions_path(cfg: DictConfig, out_dir: Path | None) -> Path:
-    given = cfg.scoring.get("captions")
-    if given:
-        path = Path(str(given))
-    elif out_dir is not None:
-        path = Path(out_dir) / CAPTIONS_NAME
-    else:
-        return Path(CAPTIONS_NAME)
+def captions_path(cfg: FuseConfig, out_dir: Path) -> Path:
+    """``scoring.captions``, else this run's captions.jsonl; an error naming the fix when the
+    file is not there."""
+    path = Path(cfg.scoring.captions) if cfg.scoring.captions else out_dir / CAPTIONS_NAME
     if not path.is_file():
         raise RecordsError(
             f"captions file {str(path)!r} not found; set scoring.captions=<a captions.jsonl "
@@ -58,20 +51,15 @@ def captions_path(cfg: DictConfig, out_dir: Path | None) -> Path:
     return path
 
 
-def check(cfg: DictConfig) -> None:
-    """Config-only: the scoring options and that the results file exists."""
-    from hydra.core.hydra_config import HydraConfig
-
-    ScoringOptions.from_config(cfg.scoring)
-    run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
-    if cfg.scoring.get("captions") or run_dir is not None:
-        captions_path(cfg, run_dir)
+def check(cfg: FuseConfig) -> None:
+    """Config-only: the results file exists."""
+    captions_path(cfg, Path(cfg.paths.output_dir))
 
 
-def _source_labels(path: Path, options: ScoringOptions) -> dict[str, Any]:
+def source_labels(path: Path, label: str | None) -> dict[str, Any]:
     """Labels for the tables: the caption run's own (when the file sits in one), or external."""
-    if options.label is not None:
-        return {"source": "external", "label": str(options.label), "method": str(options.label)}
+    if label is not None:
+        return {"source": "external", "label": label, "method": label}
     info_path = path.parent / RUN_INFO_NAME
     if path.name != CAPTIONS_NAME or not info_path.is_file():
         return {"source": "ours"}
@@ -81,21 +69,15 @@ def _source_labels(path: Path, options: ScoringOptions) -> dict[str, Any]:
     return {"source": "ours", "captions_run": str(path.parent), **labels}
 
 
-def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    from fuse_repro.data import load_dataset
-
-    options = ScoringOptions.from_config(cfg.scoring)
+def run(cfg: FuseConfig, out_dir: Path) -> dict[str, Any]:
     path = captions_path(cfg, out_dir)
-    items = load_dataset(cfg.dataset)
-    metrics = score_captions_file(path, items, options, out_dir=out_dir,
-                                  dataset=dataset_record(cfg.dataset))
-    labels = _source_labels(path, options)
+    labels = source_labels(path, cfg.scoring.label)
+    # The scoring run or the caption run had random weights: metrics.json says so.
     random = weights_fields(cfg) or {k: labels[k] for k in ("weights", "weights_note")
                                      if k in labels}
-    if random:  # the scoring run or the caption run had random weights: metrics.json says so
-        metrics.update(random)
-        write_json(Path(out_dir) / "metrics.json", metrics, allow_nan=False)
-    write_run_info(out_dir, {"scored_file": str(path), "dataset": cfg.dataset.get("name"),
+    metrics = score_captions_file(path, load_dataset(cfg.dataset), cfg.scoring, out_dir=out_dir,
+                                  dataset=dataset_record(cfg.dataset), labels=random)
+    write_run_info(out_dir, {"scored_file": str(path), "dataset": cfg.dataset.name,
                              **labels, **random})
     scores = metrics.get("metrics", {})
     for name in sorted(scores):

@@ -7,9 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
-from fuse_repro.config import TableConfig, convert
+from fuse_repro.config import FuseConfig
 from fuse_repro.tables import build_tables
 
 log = logging.getLogger(__name__)
@@ -18,17 +16,8 @@ log = logging.getLogger(__name__)
 OPTIMIZED_METRIC = None
 
 
-def _table(cfg: DictConfig) -> TableConfig:
-    """The ``table`` group through its schema (unknown keys, empty roots, bad formats fail)."""
-    return convert(cfg.table, TableConfig)
-
-
-def check(cfg: DictConfig) -> None:
-    _table(cfg)
-
-
-def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    table = _table(cfg)
+def run(cfg: FuseConfig, out_dir: Path) -> dict[str, Any]:
+    table = cfg.table
     target = Path(table.out_dir) if table.out_dir else Path(out_dir)
     summary = build_tables(table.roots, target, datasets=table.datasets,
                            experiments=table.experiments, methods=table.methods,
