@@ -15,7 +15,7 @@ with the pretrained tag's image preprocessing.
 
 Where files come from lives in ``fuse_repro.weights``, tokenizers in ``fuse_repro.tokenizers``,
 the model wrapper in ``fuse_repro.text_model`` and the tiny random models in
-``fuse_repro.testing.tiny``.
+``fuse_repro.tiny_models``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from omegaconf.errors import InterpolationResolutionError
 
 from fuse_repro.config import ModelConfig, to_plain
 from fuse_repro.errors import ConfigError
-from fuse_repro.testing.tiny import tiny_clip, tiny_gpt2, tiny_roberta
+from fuse_repro.tiny_models import tiny_clip, tiny_gpt2, tiny_roberta
 from fuse_repro.text_model import (
     KINDS,
     WEIGHTS,
