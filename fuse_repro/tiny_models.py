@@ -1,4 +1,5 @@
-"""Tiny random models on real offline tokenizers, for plumbing tests and benchmarks.
+"""The ``tiny_*`` model backends: tiny random models on real offline tokenizers, for plumbing
+runs, tests and benchmarks (``model@source=tiny_gpt2``; ``fuse_repro.testing`` re-exports them).
 
 Each builder takes a ``conf/model/tiny_*.yaml`` node (backend ``tiny_gpt2``, ``tiny_roberta``,
 ``tiny_clip``) and returns a frozen ``TextModel`` whose weights are drawn from the node's
