@@ -15,6 +15,17 @@ from typing import Any
 
 MISSING = "–"  # shown for cells without a value (LaTeX gets "--", which typesets as "–")
 SOURCES = ("paper", "external", "ours")
+# The files a table is written as.
+FORMATS = ("md", "tex", "csv")
+# Dataset role (a group of table columns) -> the dataset names (``dataset.name`` in metrics.json)
+# that fill it; ``table.datasets`` overrides it.
+DEFAULT_DATASETS: dict[str, list[str]] = {
+    "coco": ["coco_karpathy"],
+    "nocaps": ["nocaps_val"],
+    "senticap_positive": ["senticap_positive"],
+    "senticap_negative": ["senticap_negative"],
+    "coco_text": ["coco_text_targets"],
+}
 
 
 @dataclass(frozen=True)

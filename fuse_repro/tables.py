@@ -34,6 +34,8 @@ from typing import Any
 from fuse_repro.errors import ConfigError
 from fuse_repro.records import RUN_INFO_NAME, natural_key, read_run_info, write_text
 from fuse_repro.table_render import (
+    DEFAULT_DATASETS,
+    FORMATS,
     MISSING,
     Column,
     Row,
@@ -113,14 +115,6 @@ TABLES = {
                         "as the text target, the others as references (no paper figures)",
                         COCO_TEXT_COLUMNS, ()),
 }
-DEFAULT_DATASETS: dict[str, list[str]] = {
-    "coco": ["coco_karpathy"],
-    "nocaps": ["nocaps_val"],
-    "senticap_positive": ["senticap_positive"],
-    "senticap_negative": ["senticap_negative"],
-    "coco_text": ["coco_text_targets"],
-}
-FORMATS = ("md", "tex", "csv")
 
 
 @dataclass

@@ -14,6 +14,7 @@ from fuse_repro.coco_metrics import METRICS, canonical_metric
 from fuse_repro.config.schemas import check_choice, check_min
 from fuse_repro.errors import ConfigError
 from fuse_repro.sentiment import SENTIMENT_RULES
+from fuse_repro.table_render import DEFAULT_DATASETS, FORMATS
 
 # The metric names and the sentiment rules belong to their registries (coco_metrics, sentiment;
 # both torch-free); the schema checks against those lists.
@@ -97,21 +98,16 @@ class TableConfig:
     # Keep only these experiments / methods (null = all found).
     experiments: list[str] | None = None
     methods: list[str] | None = None
-    formats: list[str] = field(default_factory=lambda: ["md", "tex", "csv"])
-    # Which dataset names (dataset.name in metrics.json) fill which table columns.
-    datasets: dict[str, list[str]] = field(default_factory=lambda: {
-        "coco": ["coco_karpathy"],
-        "nocaps": ["nocaps_val"],
-        "senticap_positive": ["senticap_positive"],
-        "senticap_negative": ["senticap_negative"],
-        "coco_text": ["coco_text_targets"],
-    })
+    formats: list[str] = field(default_factory=lambda: list(FORMATS))
+    # Which dataset names (dataset.name in metrics.json) fill which table columns (roles).
+    datasets: dict[str, list[str]] = field(
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_DATASETS.items()})
 
     def __post_init__(self) -> None:
         if not self.roots:
             raise ConfigError("table.roots is empty: list the run/multirun folders to collect from")
         for fmt in self.formats:
-            check_choice("table.formats entry", fmt, ("md", "tex", "csv"))
+            check_choice("table.formats entry", fmt, FORMATS)
 
 
 @dataclass
