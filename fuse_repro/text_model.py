@@ -33,15 +33,16 @@ import torch
 from torch import nn
 
 from fuse_repro.errors import ConfigError
+from fuse_repro.config.model import MODEL_KINDS
+from fuse_repro.config.model import WEIGHTS as MODEL_WEIGHTS
 from fuse_repro.weights import cfg_get
 from fuse_repro.word_spans import WordTokenizer, sha256_json
 
 if TYPE_CHECKING:
     from fuse_repro.tokenizers import HFTokenizer
 
-KINDS = ("causal_lm", "encoder", "classifier", "clip")
-# pretrained: published weights; random: random init at the true architecture (root key weights).
-WEIGHTS = ("pretrained", "random")
+# The model kinds and weight sources are the model schema's lists (fuse_repro.config.model).
+KINDS, WEIGHTS = MODEL_KINDS, MODEL_WEIGHTS
 
 
 # ----------------------------------------------------------------------------------------------
