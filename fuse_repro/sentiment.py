@@ -12,6 +12,8 @@ from typing import Any
 from fuse_repro.errors import FuseError
 from fuse_repro.runtime import resolve_device
 
+# The sentiments a caption can be asked for (datasets, objective terms, scoring).
+SENTIMENTS = ("positive", "negative")
 SENTIMENT_RULES = ("argmax", "pos_vs_neg")
 
 

@@ -21,8 +21,11 @@ from omegaconf import MISSING
 
 from fuse_repro.errors import ConfigError
 
+# What a model is (fuse_repro.models.BACKENDS builds one of these), its dtypes, and where its
+# weights come from (pretrained: published; random: random init at the true architecture).
 MODEL_KINDS = ("causal_lm", "encoder", "classifier", "clip")
 MODEL_DTYPES = ("float32", "float16", "bfloat16")
+WEIGHTS = ("pretrained", "random")
 
 
 @dataclass
@@ -53,9 +56,9 @@ class ModelConfig:
             raise ConfigError(
                 f"model {self.name!r}: dtype={self.dtype!r} is not one of {list(MODEL_DTYPES)}"
             )
-        if self.weights not in ("pretrained", "random"):
+        if self.weights not in WEIGHTS:
             raise ConfigError(
-                f"model {self.name!r}: weights={self.weights!r} is not one of pretrained, random"
+                f"model {self.name!r}: weights={self.weights!r} is not one of {', '.join(WEIGHTS)}"
             )
         allowed = self.BACKENDS
         if allowed and self.backend not in allowed:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from omegaconf import MISSING
 
 from fuse_repro.config.fidelity import FidelityConfig
-from fuse_repro.config.model import ModelConfig
+from fuse_repro.config.model import WEIGHTS, ModelConfig
 from fuse_repro.config.reporting import LoggerConfig, MergeConfig, ScoringConfig, TableConfig
 from fuse_repro.config.schemas import (
     AdapterConfig,
@@ -25,7 +25,6 @@ from fuse_repro.config.schemas import (
 from fuse_repro.errors import ConfigError
 
 # --------------------------------------------------------------------------------------- root
-WEIGHTS = ("pretrained", "random")
 # check: refuse to resume a caption folder made with other settings; force: mix them
 # (fuse_repro.provenance).
 RESUME_MODES = ("check", "force")
@@ -67,7 +66,7 @@ class FuseConfig:
     resume: str = "check"
     # Torch intra-op CPU threads (runtime.set_threads); null keeps torch's default (one per
     # core). 1 by default: on a busy 2-core machine one thread was ~8x faster per FUSE gradient
-    # and ~2x per candidate evaluation than two (RECORDS-note.md). Never part of a cache key.
+    # and ~2x per candidate evaluation than two (benchmarks/threads.py measures it). Never part of a cache key.
     threads: int | None = 1
     # Full tracebacks for user errors (else one line `error: ...`); HYDRA_FULL_ERROR=1 also does.
     debug: bool = False

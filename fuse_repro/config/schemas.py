@@ -32,6 +32,7 @@ from omegaconf import MISSING
 
 from fuse_repro.config.model import ModelConfig
 from fuse_repro.errors import ConfigError
+from fuse_repro.sentiment import SENTIMENTS
 
 
 def check_choice(name: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
@@ -209,7 +210,6 @@ DATASET_FORMATS = ("coco_captions", "embedded_refs", "image_folder", "karpathy",
 # Formats read from an annotations file (the others: image_folder, synthetic_images).
 ANNOTATED_FORMATS = ("coco_captions", "embedded_refs", "karpathy", "nocaps", "nocaps_corpus",
                      "senticap", "text_targets")
-SENTIMENTS = ("positive", "negative")
 
 
 @dataclass

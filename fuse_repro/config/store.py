@@ -197,7 +197,6 @@ def _omegaconf_message(err: OmegaConfBaseException) -> str:
 _KEY_NOT_IN = re.compile(r"Key '([^']+)' not in '([^']+)'")
 _FULL_KEY = re.compile(r"full_key:\s*(\S+)")
 _IN_FILE = re.compile(r"In '([^']+)'")
-_OVERRIDE = re.compile(r"(?:Could not override|Error merging override) '?([^'\s]+?)'?(?:\.|$|\s)")
 
 
 def _schema_at(path: str) -> type | None:

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fuse_repro.errors import FuseError
-
-SENTIMENTS = ("positive", "negative")
+from fuse_repro.sentiment import SENTIMENTS
 NOCAPS_DOMAINS = ("in-domain", "near-domain", "out-domain")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
