@@ -302,10 +302,14 @@ def main(hydra_entry: Callable[[], Any], argv: list[str] | None = None) -> int:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = saved
-    if sweep.FAILED_JOBS:
-        listed = "; ".join(sweep.FAILED_JOBS[:10])
-        more = f"; and {len(sweep.FAILED_JOBS) - 10} more" if len(sweep.FAILED_JOBS) > 10 else ""
-        print(f"error: {len(sweep.FAILED_JOBS)} sweep job(s) failed: {listed}{more}",
-              file=sys.stderr)
-        return 1
-    return 0
+    return _sweep_status(sweep.FAILED_JOBS)
+
+
+def _sweep_status(failed: list[str]) -> int:
+    """0, or 1 with one line naming the failed jobs of a multirun (at most 10)."""
+    if not failed:
+        return 0
+    more = f"; and {len(failed) - 10} more" if len(failed) > 10 else ""
+    print(f"error: {len(failed)} sweep job(s) failed: {'; '.join(failed[:10])}{more}",
+          file=sys.stderr)
+    return 1

@@ -169,14 +169,18 @@ def caption_items(
     desc: str = "caption",
     *,
     fields: Mapping[str, Any] | None = None,
-    resume: str = "check",
+    resume: str | None = None,
 ) -> list[dict[str, Any]]:
     """Caption every item not yet in ``out_dir/captions.jsonl``; returns all records, in the
     dataset's order. ``fields`` (``provenance.results_fields``) are recorded and checked against
-    what the folder holds; ``resume=force`` mixes settings, stamping each line's config hash."""
+    what the folder holds, under the run's ``resume`` (``force`` mixes settings, stamping each
+    line's config hash); without ``fields`` the folder's provenance is not kept."""
     encode_prefix(captioner.primary, search.prefix)  # a bad prefix fails the run, not each item
     out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = record_provenance(out_dir, fields, resume) if fields is not None else None
+    stamp = None
+    if fields is not None:
+        assert resume is not None, "fields without the run's resume mode"
+        stamp = record_provenance(out_dir, fields, resume)
     path = out_dir / CAPTIONS_NAME
     done = clean_captions(path)
     finished = {r["id"] for r in done}

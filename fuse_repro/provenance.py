@@ -75,8 +75,7 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
             for k in keys if old.get(k, "<unset>") != new.get(k, "<unset>")]
 
 
-def check_provenance(folder: str | Path, fields: Mapping[str, Any],
-                     resume: str = "check") -> Provenance:
+def check_provenance(folder: str | Path, fields: Mapping[str, Any], resume: str) -> Provenance:
     """Decide whether ``folder`` may take captions made with ``fields``; writes nothing.
 
     A folder whose captions were made with other settings is refused (``ProvenanceError``),
@@ -109,8 +108,7 @@ def check_provenance(folder: str | Path, fields: Mapping[str, Any],
                       None if old.get("mixed") else str(old.get("hash")), new_hash)
 
 
-def record_provenance(folder: str | Path, fields: Mapping[str, Any],
-                      resume: str = "check") -> str | None:
+def record_provenance(folder: str | Path, fields: Mapping[str, Any], resume: str) -> str | None:
     """``check_provenance``, then write what it decided; returns the hash each new caption line
     must carry (None unless the folder mixes settings)."""
     folder = Path(folder)

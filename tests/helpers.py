@@ -104,16 +104,18 @@ def root_config(overrides: tuple[str, ...] | list[str] = (), output_dir: str | P
     return validate(cfg, output_dir=str(output_dir))
 
 
-def scoring_options(metrics=None, classifier: str | None = None, rule: str = "argmax",
-                    batch_size: int = 32, spice_cache_dir: str | None = None, **keys):
-    """A ``ScoringConfig`` for a Python caller: the given metrics (all by default) and, unlike
-    the run's default, no sentiment classifier unless one is named."""
+def scoring_options(metrics=None, classifier: str | None = None, spice_cache_dir=None,
+                    **keys):
+    """A ``ScoringConfig`` for a Python caller: the given metrics (all by default), no sentiment
+    classifier unless one is named (the run's default needs the hub), ``rule`` and
+    ``batch_size`` for the sentiment group, the other keys for the scoring group."""
     from fuse_repro.coco_metrics import METRICS
     from fuse_repro.config import ScoringConfig, SentimentScoringConfig, SpiceConfig
 
+    sentiment = {k: keys.pop(k) for k in ("rule", "batch_size") if k in keys}
     return ScoringConfig(
         metrics=list(METRICS if metrics is None else metrics),
         spice=SpiceConfig(cache_dir=spice_cache_dir),
-        sentiment=SentimentScoringConfig(classifier=classifier, rule=rule, batch_size=batch_size),
+        sentiment=SentimentScoringConfig(classifier=classifier, **sentiment),
         **keys,
     )

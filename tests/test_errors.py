@@ -138,7 +138,8 @@ def test_resume_with_other_settings_is_refused(env, capsys, monkeypatch):
     folder = env["root"] / "run"
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         six = compose("config", overrides=["stage=caption", "search.steps=6"])
-    record_provenance(folder, results_fields(validate(six, output_dir=str(folder))))
+    root = validate(six, output_dir=str(folder))
+    record_provenance(folder, results_fields(root), root.resume)
     (folder / "captions.jsonl").write_text(json.dumps({"id": "dog_beach", "caption": "x"}) + "\n")
     code, out, err = run_entry(["stage=caption", "search.steps=3", "logger=none",
                                 f"hydra.run.dir={folder}"], capsys, monkeypatch)

@@ -145,21 +145,21 @@ def test_results_fields_ignore_what_cannot_change_a_caption():
 
 def test_check_provenance_only_checks(tmp_path):
     fields = results_fields(_cfg())
-    decision = check_provenance(tmp_path, fields)
+    decision = check_provenance(tmp_path, fields, "check")
     assert decision.record == {"hash": fields_hash(fields), "fields": fields}
     assert list(tmp_path.iterdir()) == []  # nothing written: record_provenance writes
 
 
 def test_resume_with_other_settings_is_refused_unless_forced(tmp_path):
     six, three = results_fields(_cfg()), results_fields(_cfg("search.steps=3"))
-    assert record_provenance(tmp_path, six) is None
+    assert record_provenance(tmp_path, six, "check") is None
     (tmp_path / "captions.jsonl").write_text('{"id": "1", "caption": "a"}\n')
-    assert record_provenance(tmp_path, six) is None  # same settings: a plain resume
+    assert record_provenance(tmp_path, six, "check") is None  # same settings: a plain resume
     with pytest.raises(ProvenanceError, match=r"search.steps: 6 -> 3.*resume=force"):
-        check_provenance(tmp_path, three)
+        check_provenance(tmp_path, three, "check")
     before = (tmp_path / "captions.jsonl").read_text()
     with pytest.raises(ProvenanceError):
-        record_provenance(tmp_path, three)
+        record_provenance(tmp_path, three, "check")
     assert (tmp_path / "captions.jsonl").read_text() == before  # a refusal changes nothing
     stamp = record_provenance(tmp_path, three, resume="force")
     assert stamp == fields_hash(three)
@@ -174,7 +174,7 @@ def test_merge_refuses_shards_made_with_other_settings(tmp_path):
     for name, cfg in (("a", _cfg()), ("b", _cfg()), ("c", _cfg("search.steps=3"))):
         folder = tmp_path / name
         folder.mkdir()
-        record_provenance(folder, results_fields(cfg))
+        record_provenance(folder, results_fields(cfg), cfg.resume)
         (folder / "captions.jsonl").write_text(json.dumps({"id": name, "caption": name}) + "\n")
     merged = merge_captions([tmp_path / "a", tmp_path / "b"], tmp_path / "m" / "captions.jsonl")
     assert [r["id"] for r in merged] == ["a", "b"]

@@ -2,10 +2,11 @@
 
 The YAML files in ``conf/`` are the user-facing configs; the dataclasses in ``schemas.py`` and
 ``model.py`` are their schemas, registered with Hydra's ConfigStore on import (``run.py`` imports
-this package before composing). A stage reads a group once, as a validated dataclass:
+this package before composing). The entry point validates the composed config once,
 
-    search = convert(cfg.search)          # SearchConfig, __post_init__ checks run here
+    root = validate(cfg)                  # FuseConfig: every group's __post_init__ runs here
 
+and hands the typed root to the stage, which passes each library its own group (``root.search``).
 Unknown keys fail while composing (the root schema types every group) or, for ``+key=`` overrides
 and plain mappings, in ``convert``; both name the key and its group. Defaults live in the
 dataclasses; a yaml states only what differs (see ``schemas.py``). How to add a field or a group:

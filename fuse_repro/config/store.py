@@ -111,7 +111,8 @@ def _check_keys(node: Any, where: str) -> None:
 
 
 def convert(node: Any, schema: type[T] | None = None) -> T:
-    """The dataclass of a composed config node, validated; the one way a stage reads a group.
+    """The dataclass of a config node, validated: how ``validate`` builds the typed root, and
+    how a Python caller (a saved config, a benchmark, a test) builds one group.
 
     ``node`` is a group of the composed config (``cfg.search``: already typed by the root schema)
     or a plain mapping / untyped node with ``schema`` given (a saved config, a test). Raises
@@ -163,7 +164,8 @@ def convert(node: Any, schema: type[T] | None = None) -> T:
 def validate(cfg: DictConfig, output_dir: str | None = None) -> FuseConfig:
     """The whole run config as its root dataclass: every group converted and checked once.
 
-    For the entry point's config-only check (before anything loads): an unknown key anywhere
+    The entry point calls it once, before anything loads, and hands the result to the stage
+    (``app.run_stage``). An unknown key anywhere
     (``+scoring.foo=1`` included), a missing value or a rejected value is one ``ConfigError``.
     Outside a Hydra run (tests, notebooks) ``paths.output_dir`` cannot resolve; give
     ``output_dir`` to stand in for it. The ``hydra`` node, when present, is not checked.
