@@ -476,11 +476,14 @@ def test_method_registry_and_bad_values():
     assert not build_method("lm_only").optimizes_secondary
     with pytest.raises(ConfigError, match="search.method='greedy'"):
         build_method("greedy")
+    # The names are the registries': the search library checks them (the schema is torch-free).
+    from fuse_repro.captioner import check_search
+
     with pytest.raises(ConfigError, match="search.method='greedy'"):
-        SearchConfig(method="greedy")
+        check_search(SearchConfig(method="greedy"))
     for key in ("lm_term", "returned", "slot_init"):
         with pytest.raises(ConfigError, match=f"search.{key}='nope'"):
-            SearchConfig(**{key: "nope"})
+            check_search(SearchConfig(**{key: "nope"}))
     with pytest.raises(ConfigError, match="beam_width"):
         SearchConfig(beam_width=0)
 
