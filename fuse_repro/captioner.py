@@ -29,6 +29,7 @@ from fuse_repro.config import (
     ModelConfig,
     ObjectiveConfig,
     SearchConfig,
+    check_choice,
     stable_hash,
 )
 from fuse_repro.errors import FuseError, ObjectiveError
@@ -43,7 +44,7 @@ from fuse_repro.records import (
     clean_captions,
     read_jsonl,
 )
-from fuse_repro.search import build_method, check_conventions, encode_prefix, timed_search
+from fuse_repro.search import SEARCH_METHODS, check_conventions, encode_prefix, timed_search
 from fuse_repro.tracking import Tracker
 from fuse_repro.weights import check_available
 
@@ -78,10 +79,11 @@ class Captioner:
 
 
 def check_search(search: SearchConfig, methods: Sequence[str] = ()) -> None:
-    """``search.method`` (and every name of ``methods``) and the convention options are names
-    of the search registries."""
-    for name in (search.method, *methods):
-        build_method(name)
+    """``search.method``, every name of ``methods`` (``pipeline.methods``) and the convention
+    options are names of the search registries."""
+    check_choice("search.method", search.method, tuple(SEARCH_METHODS))
+    for name in methods:
+        check_choice("pipeline.methods entry", name, tuple(SEARCH_METHODS))
     check_conventions(search)
 
 

@@ -408,7 +408,7 @@ def test_bad_values_fail_at_conversion_with_one_line(override, match):
     [
         ("search.method=greedy", r"search\.method='greedy' is not one of"),
         ("search.slot_init=zero", r"search\.slot_init='zero'"),
-        ("pipeline.methods=[fuse,greedy]", r"search\.method='greedy' is not one of"),
+        ("pipeline.methods=[fuse,greedy]", r"pipeline\.methods entry='greedy' is not one of"),
     ],
 )
 def test_search_registry_names_fail_in_the_stage_check(override, match):
