@@ -32,7 +32,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fuse_repro import runtime
-from fuse_repro.config import FuseConfig
+from fuse_repro.config import (
+    FuseConfig,
+    compose_error_line,
+    git_commit,
+    run_config_hash,
+    validate,
+)
 from fuse_repro.errors import (
     EXIT_INTERRUPTED,
     EXIT_USER_ERROR,
@@ -94,8 +100,6 @@ def check_config(cfg: DictConfig, out_dir: Path | None = None) -> tuple[FuseConf
     as its typed root (``config.validate``: every group's schema, unknown keys, types, values),
     the device, then the stage's own ``check`` (datasets, objectives, files). Returns the typed
     root and the stage module."""
-    from fuse_repro.config import validate
-
     root = validate(cfg, output_dir=None if out_dir is None else str(out_dir))
     module = resolve_stage(root.stage)
     runtime.check_device(root.device)
@@ -125,8 +129,6 @@ def optimized_value(cfg: FuseConfig, module: Any, result: Any) -> float | None:
 def run_stage(cfg: DictConfig, out_dir: Path | None = None) -> float | None:
     """Validate the composed ``cfg`` once and run its stage on the typed root; returns the value
     named by the stage's ``OPTIMIZED_METRIC`` (for sweepers)."""
-    from fuse_repro.config import git_commit, run_config_hash
-
     root, module = check_config(cfg, out_dir)
     out_dir = Path(out_dir) if out_dir is not None else output_dir_of(cfg)
     check_writable(out_dir)
@@ -274,8 +276,6 @@ def main(hydra_entry: Callable[[], Any], argv: list[str] | None = None) -> int:
         if isinstance(err, FuseError):
             line = one_line(err)
         else:  # Hydra / OmegaConf while composing: an unknown option or key, a bad override
-            from fuse_repro.config import compose_error_line
-
             line = one_line(ValueError(compose_error_line(err)))
         print(f"error: {line}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -284,8 +284,6 @@ def main(hydra_entry: Callable[[], Any], argv: list[str] | None = None) -> int:
         # e.g. a key inside a node that is null. Only before the task ran is that the user's.
         if full or getattr(err, "_fuse_in_task", False):
             raise
-        from fuse_repro.config import compose_error_line
-
         print(f"error: {one_line(ValueError(compose_error_line(err)))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as err:
