@@ -182,6 +182,10 @@ class SearchConfig:
     min_steps: int = 4
     # (beam, candidate) pairs per forward pass of each secondary model.
     eval_chunk: int = 256
+    # Causal secondaries (CLIP's text tower): run each beam's tokens once and each candidate
+    # only its new tokens (exact; false runs every candidate whole, for comparison). Ignored
+    # by bidirectional models (MiniLM, RoBERTa), which always run whole.
+    prefix_cache: bool = True
     # Drop candidate tokens that are special, decode to nothing printable, hold a newline or a
     # broken UTF-8 fragment: they cannot be part of a caption.
     printable_only: bool = True
