@@ -10,7 +10,7 @@ conventions, ``lm.py`` for the primary LM side):
   ``evaluate_pairs(state, candidates) -> PairTotals``; ``select_beams(totals, beam_width,
   text_of)``; ``search_step(state) -> StepChoice``;
 - ``SEARCH_METHODS`` (``fuse``, ``lm_only``, ``random_proposal``) and ``build_method``;
-- ``slot_gradient``, ``evaluate_candidates``, ``allowed_token_mask``, ``encode_prefix``,
+- ``slot_gradient``, ``evaluate_candidates`` (plain), ``evaluate_extensions`` (fast), ``allowed_token_mask``, ``encode_prefix``,
   ``lm_context``, ``LMState``, ``lm_losses_full``.
 
 Methods: ``fuse`` (the proposal score carries the FUSE slot gradient), ``lm_only`` (secondary
@@ -39,7 +39,7 @@ _SUBMODULE = {
          "check_conventions"), "methods"),
     **dict.fromkeys(
         ("CandidateScores", "PairTotals", "SearchState", "StepChoice", "candidate_scores",
-         "evaluate_candidates", "evaluate_pairs", "propose", "search_step", "select_beams",
+         "evaluate_candidates", "evaluate_extensions", "evaluate_pairs", "propose", "search_step", "select_beams",
          "slot_gradient", "start_search"), "step"),
 }
 __all__ = sorted(_SUBMODULE)
@@ -84,6 +84,7 @@ if TYPE_CHECKING:
         StepChoice,
         candidate_scores,
         evaluate_candidates,
+        evaluate_extensions,
         evaluate_pairs,
         propose,
         search_step,

@@ -17,7 +17,10 @@ One step, for every beam:
    LM loss, only its identity can);
 2. ``propose``: the method (``SEARCH_METHODS``) picks k tokens per beam from that score;
 3. ``evaluate_pairs``: the true loss of all B*k one-token extensions: the LM term from the single
-   forward of each beam (KV cache), each secondary term at the candidate's real length, in chunks;
+   forward of each beam (KV cache), each secondary term at the candidate's real length, in chunks
+   (``evaluate_extensions``: ids-only retokenization incremental per beam; with
+   ``search.prefix_cache`` a causal secondary runs each beam's tokens once and each candidate only
+   its new tokens; ``evaluate_candidates`` is the plain path and the tests' oracle);
 4. ``select_beams``: keep the best ``beam_width`` distinct texts (ties keep pair order: beam
    index, then the candidate's proposal rank).
 """
@@ -70,6 +73,18 @@ def evaluate_candidates(
 ) -> dict[str, torch.Tensor]:
     """Raw loss (K,) of every objective for every full candidate sequence."""
     return {obj.name: obj.evaluate(sequences, chunk) for obj in objectives}
+
+
+def evaluate_extensions(state: SearchState, pairs: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+    """Raw loss (K,) of every searching objective for every (beam, token) pair of ``state``:
+    the values ``evaluate_candidates`` gives for the full sequences (its plain path), with ids-only
+    incremental retokenization and, where ``search.prefix_cache`` and the model allow, each
+    beam's prefix run once (``SecondaryObjective.evaluate_extensions``)."""
+    beams = [state.prefix_ids + b for b in state.beams]
+    return {
+        obj.name: obj.evaluate_extensions(beams, pairs, state.cfg.eval_chunk, state.cfg.prefix_cache)
+        for obj in state.searching
+    }
 
 
 @dataclass
@@ -179,7 +194,7 @@ def evaluate_pairs(state: SearchState, candidates: torch.Tensor) -> PairTotals:
         [(float(state.nll_sums[b]) - float(logprobs[b, c]) + extra_nll) / (n + 1 + extra_count) for b, c in pairs]
     )  # (K,)
     sequences = [state.prefix_ids + state.beams[b] + [c] for b, c in pairs]
-    raw = evaluate_candidates(state.searching, sequences, cfg.eval_chunk)
+    raw = evaluate_extensions(state, pairs)
     total = state.lm_weight * lm_terms
     for obj in state.searching:
         total = total + obj.weight * raw[obj.name]
