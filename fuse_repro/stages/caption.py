@@ -37,7 +37,7 @@ from fuse_repro.records import (
     read_jsonl,
 )
 from fuse_repro.runtime import resolve_device
-from fuse_repro.search import encode_prefix, timed_search
+from fuse_repro.search import check_eval_dtype, encode_prefix, search_items, timed_search
 from fuse_repro.tracking import Tracker, open_tracker
 from fuse_repro.weights_label import banner, is_random
 
@@ -141,7 +141,7 @@ def check(cfg: DictConfig) -> None:
     """Config-only validation of a caption run (pipeline uses it too)."""
     convert(cfg.source, ModelConfig)
     check_corpus(convert(cfg.adapter).corpus, random_weights=is_random(cfg))
-    convert(cfg.search)
+    check_eval_dtype(convert(cfg.search).eval_dtype, resolve_device(cfg.get("device")))
     convert(cfg.objective, ObjectiveConfig)
     items = dataset_items(cfg)
     check_objective_fits_dataset(cfg.objective, items, str(cfg.dataset.get("name")))
@@ -181,12 +181,11 @@ def caption_items(
     errors_path = out_dir / "errors.jsonl"
     rows = []
     todo = [it for it in items if str(it.id) not in finished]
-    for item in tqdm(todo, desc=desc, unit="item"):
-        try:
-            result, seconds = timed_search(
-                item, captioner.primary, captioner.objectives, search_cfg, captioner.lm_weight, seed
-            )
-        except (ObjectiveError, OSError) as err:
+    searched = search_items(todo, captioner.primary, captioner.objectives, search_cfg,
+                            captioner.lm_weight, seed, alone=timed_search)
+    for item, result, seconds in tqdm(searched, total=len(todo), desc=desc, unit="item"):
+        if isinstance(result, (ObjectiveError, OSError)):
+            err = result
             log.error("item %s failed: %s (the run goes on)", item.id, err)
             append_jsonl(errors_path, {"id": str(item.id), "error": str(err), "method": search_cfg.method})
             continue
