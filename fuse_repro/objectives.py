@@ -49,8 +49,20 @@ class SecondaryObjective(ABC):
     # What prepare() needs of an item: "target" (a target text), "image", or None (nothing).
     needs: ClassVar[str | None] = None
 
+    # The attributes ``prepare`` sets: the per-item context, saved and restored when several
+    # items are searched together (``prepared`` / ``use_prepared``).
+    prepared_attributes: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, name: str, model: SecondaryModel, bridge: Bridge, weight: float) -> None:
         self.name, self.model, self.bridge, self.weight = name, model, bridge, float(weight)
+
+    def prepared(self) -> dict[str, Any]:
+        """The per-item context ``prepare`` set (restored by ``use_prepared``)."""
+        return {a: getattr(self, a) for a in self.prepared_attributes}
+
+    def use_prepared(self, context: dict[str, Any]) -> None:
+        for a in self.prepared_attributes:
+            setattr(self, a, context[a])
 
     @abstractmethod
     def prepare(self, item: Any) -> None:
@@ -117,6 +129,18 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def merge_extensions(parts: list[ExtensionIds]) -> ExtensionIds:
+    """Several steps' candidates as one set (beam indices offset): one batch for many items."""
+    beams, group, cands, texts, incremental = [], [], [], [], 0
+    for ext in parts:
+        group.extend(g + len(beams) for g in ext.group)
+        beams.extend(ext.beams)
+        cands.extend(ext.candidates)
+        texts.extend(ext.texts)
+        incremental += ext.incremental
+    return ExtensionIds(beams, group, cands, texts, incremental)
+
+
 def prefix_cached_features(model: SecondaryModel, ext: ExtensionIds, chunk: int) -> torch.Tensor:
     """Pooled features (K, e) of every candidate of ``ext`` through a causal model's prefix
     cache (``TextModel.prefix_cache`` / ``extend_features``): each beam's target ids without
@@ -162,6 +186,7 @@ class TextSimilarity(SecondaryObjective):
 
     metrics = ("cosine",)
     needs = "target"
+    prepared_attributes = ("target_embedding",)
 
     def __init__(self, model: SecondaryModel, bridge: Bridge, weight: float, normalize: bool = True) -> None:
         super().__init__("text_similarity", model, bridge, weight)
@@ -202,6 +227,7 @@ class ClipImageSimilarity(SecondaryObjective):
 
     metrics = ("cosine",)
     needs = "image"
+    prepared_attributes = ("image_features",)
 
     def __init__(self, model: SecondaryModel, bridge: Bridge, weight: float) -> None:
         super().__init__("clip", model, bridge, weight)
@@ -242,6 +268,7 @@ class Sentiment(SecondaryObjective):
     read from the model config's ``id2label`` (never assumed)."""
 
     metrics = ("cross_entropy",)
+    prepared_attributes = ("label",)
 
     def __init__(self, model: SecondaryModel, bridge: Bridge, weight: float, sentiment: str | None = None) -> None:
         super().__init__("sentiment", model, bridge, weight)
