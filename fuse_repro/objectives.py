@@ -145,9 +145,11 @@ def prefix_cached_features(model: SecondaryModel, ext: ExtensionIds, chunk: int)
     """Pooled features (K, e) of every candidate of ``ext`` through a causal model's prefix
     cache (``TextModel.prefix_cache`` / ``extend_features``): each beam's target ids without
     their last token (the end-of-text) run once; each candidate runs the tokens after its
-    longest common prefix with that (at least its own end-of-text). Candidates are sorted by
-    new-token count and run in chunks of ``chunk``, each padded to its own longest: no
-    padding beyond what a chunk's lengths need, memory bounded by ``chunk``."""
+    longest common prefix with that (at least its own end-of-text). Candidates are grouped by
+    beam and sorted by new-token count and run in chunks of at most ``chunk``, each padded to
+    its own longest: no padding beyond what a chunk's lengths need, memory bounded by
+    ``chunk``. When ``chunk`` is more than twice a beam's candidates (a GPU setting), chunks
+    are filled across beams instead (sorted by new-token count alone), so batches stay large."""
     device = model.device
     prefixes = [b[:-1] for b in ext.beams]  # (G,) beam ids without the end-of-text
     P = max(len(p) for p in prefixes)
@@ -158,10 +160,18 @@ def prefix_cached_features(model: SecondaryModel, ext: ExtensionIds, chunk: int)
     cache = model.prefix_cache(model.embed(ids.to(device)))
     shared = [min(common_prefix(c, prefixes[g]), len(c) - 1) for g, c in zip(ext.group, ext.candidates)]
     new = [c[s:] for c, s in zip(ext.candidates, shared)]
-    order = sorted(range(len(new)), key=lambda i: (len(new[i]), i))  # stable: ties keep pair order
+    # grouped by beam (a chunk of one beam shares its prefix without copying it), sorted by
+    # new-token count inside each beam; ties keep pair order
+    order = sorted(range(len(new)), key=lambda i: (ext.group[i], len(new[i]), i))
+    chunks = []
+    for g in sorted(set(ext.group)):
+        rows = [i for i in order if ext.group[i] == g]
+        chunks.extend(rows[s : s + chunk] for s in range(0, len(rows), chunk))
+    if chunk > 2 * max(len(c) for c in chunks):  # a large chunk: fill it across beams instead
+        by_length = sorted(range(len(new)), key=lambda i: (len(new[i]), i))
+        chunks = [by_length[s : s + chunk] for s in range(0, len(by_length), chunk)]
     out: torch.Tensor | None = None
-    for start in range(0, len(order), chunk):
-        rows = order[start : start + chunk]
+    for rows in chunks:
         T = max(len(new[i]) for i in rows)
         batch = torch.full((len(rows), T), pad, dtype=torch.long)  # (B, T)
         for r, i in enumerate(rows):

@@ -264,6 +264,8 @@ class TextModel:
         q, k, v = (t.reshape(B, T, H, hd).transpose(1, 2) for t in qkv.chunk(3, dim=-1))  # (B, H, T, hd)
         if past is None:
             o = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, hd)
+        elif past[0].shape[0] == 1:  # every row extends the same prefix: no copy of its keys
+            o = _shared_prefix_attention(q, k, v, past[0][0], past[1][0], mask)
         else:
             keys = torch.cat([past[0], k], dim=2)  # (B, H, P+T, hd)
             values = torch.cat([past[1], v], dim=2)
@@ -320,8 +322,10 @@ class TextModel:
         old = torch.arange(P, device=embeds.device)[None, None, :] < prefix_lengths[:, None, None]
         new = (steps[None, :, None] >= steps[None, None, :]).expand(B, T, T)
         mask = torch.cat([old.expand(B, T, P), new], dim=2)[:, None]
+        shared = bool((group == group[0]).all())  # one prefix for all rows: broadcast, no gather
         for block, (k, v) in zip(m.transformer.resblocks, cache):
-            x, _ = self._clip_block(block, x, (k[group], v[group]), mask)
+            past = (k[group[:1]], v[group[:1]]) if shared else (k[group], v[group])
+            x, _ = self._clip_block(block, x, past, mask)
         x = m.ln_final(x)
         pooled = x[torch.arange(B, device=x.device), lengths - 1]  # (B, w)
         if m.text_projection is None:
@@ -373,6 +377,27 @@ class TextModel:
         if isinstance(m.text_projection, nn.Linear):
             return m.text_projection(pooled)  # (B, e)
         return pooled @ m.text_projection  # (B, e)
+
+
+def _shared_prefix_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_old: torch.Tensor, v_old: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """Softmax attention of q (B, H, T, hd) over one shared prefix's keys/values (H, P, hd) and
+    each row's own k, v (B, H, T, hd), with ``mask`` (B, 1, T, P+T) True = may attend. The
+    prefix is multiplied once for all rows as an (H, B*T, hd) x (H, hd, P) product instead of
+    being copied B times. Same result as ``scaled_dot_product_attention`` on the concatenation."""
+    B, H, T, hd = q.shape
+    P = k_old.shape[1]
+    scale = hd ** -0.5
+    q_h = q.permute(1, 0, 2, 3).reshape(H, B * T, hd)  # (B, H, T, hd) -> (H, B*T, hd)
+    s_old = (q_h @ k_old.transpose(1, 2)).reshape(H, B, T, P).permute(1, 0, 2, 3)  # (B, H, T, P)
+    s_new = q @ k.transpose(2, 3)  # (B, H, T, T)
+    scores = (torch.cat([s_old, s_new], dim=3) * scale).masked_fill(~mask, float("-inf"))
+    p = scores.softmax(dim=3)  # (B, H, T, P+T)
+    p_old = p[..., :P].permute(1, 0, 2, 3).reshape(H, B * T, P)  # (H, B*T, P)
+    o_old = (p_old @ v_old).reshape(H, B, T, hd).permute(1, 0, 2, 3)  # (B, H, T, hd)
+    return o_old + p[..., P:] @ v
 
 
 # ----------------------------------------------------------------------------------------------

@@ -85,7 +85,9 @@ CANDIDATES = ["s", "ing", "ed", "er", "y", "ly", ".", ",", "'s", " dog", " a", "
               " sitting", " .", " 2", "2", " Xbox", "-", " grass"]
 
 
-def test_prefix_cache_features_equal_full_forward(bridge: Bridge, gpt2_tok: Any, tiny_clip: TextModel) -> None:
+@pytest.mark.parametrize("chunk", [37, 4096])  # chunks of one beam (shared prefix) | across beams
+def test_prefix_cache_features_equal_full_forward(bridge: Bridge, gpt2_tok: Any, tiny_clip: TextModel,
+                                                  chunk: int) -> None:
     assert tiny_clip.supports_prefix_cache
     beams, pairs = step_candidates(gpt2_tok, coco_captions(12), CANDIDATES)
     ext = bridge.extension_ids(beams, pairs)
@@ -95,7 +97,7 @@ def test_prefix_cache_features_equal_full_forward(bridge: Bridge, gpt2_tok: Any,
     rerun = sum(s < len(ext.beams[g]) - 1 for s, g in zip(shared, ext.group))
     appended = sum(s == len(ext.beams[g]) - 1 for s, g in zip(shared, ext.group))
     assert rerun > 20 and appended > 20, (rerun, appended)
-    fast = prefix_cached_features(tiny_clip, ext, chunk=37)  # (K, e); odd chunk: several chunks
+    fast = prefix_cached_features(tiny_clip, ext, chunk=chunk)  # (K, e)
     tb = bridge.embed_ids(ext.candidates, ext.texts)
     with torch.no_grad():
         full = tiny_clip.forward_embeds(tb.embeds, tb.attention_mask)  # (K, e)
@@ -118,6 +120,7 @@ def test_prefix_cache_matches_float64_reference(bridge: Bridge, gpt2_tok: Any, t
     beams, pairs = step_candidates(gpt2_tok, coco_captions(3), CANDIDATES)
     ext = bridge.extension_ids(beams, pairs)
     fast = prefix_cached_features(model64, ext, chunk=16)
+    assert float((prefix_cached_features(model64, ext, chunk=4096) - fast).abs().max()) < 1e-12
     tb = bridge.embed_ids(ext.candidates, ext.texts)
     with torch.no_grad():
         full = model64.forward_embeds(tb.embeds.double(), tb.attention_mask)
