@@ -141,15 +141,31 @@ def merge_extensions(parts: list[ExtensionIds]) -> ExtensionIds:
     return ExtensionIds(beams, group, cands, texts, incremental)
 
 
+def candidate_chunks(group: list[int], lengths: list[int], chunk: int) -> list[list[int]]:
+    """Candidate indices in evaluation chunks of at most ``chunk``: one chunk per (beam,
+    new-token count), so nothing is padded and a chunk of one beam shares its prefix without
+    copying it; ties keep pair order. When ``chunk`` is more than twice the largest such set
+    (a GPU setting: few large batches), chunks are filled across beams and lengths instead,
+    sorted by new-token count (padded only where the count changes inside a chunk)."""
+    sets: dict[tuple[int, int], list[int]] = {}
+    for i, (g, n) in enumerate(zip(group, lengths)):
+        sets.setdefault((g, n), []).append(i)
+    chunks = [rows[s : s + chunk] for _, rows in sorted(sets.items()) for s in range(0, len(rows), chunk)]
+    if chunks and chunk > 2 * max(len(c) for c in chunks):
+        by_length = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+        chunks = [by_length[s : s + chunk] for s in range(0, len(by_length), chunk)]
+    return chunks
+
+
 def prefix_cached_features(model: SecondaryModel, ext: ExtensionIds, chunk: int) -> torch.Tensor:
     """Pooled features (K, e) of every candidate of ``ext`` through a causal model's prefix
     cache (``TextModel.prefix_cache`` / ``extend_features``): each beam's target ids without
     their last token (the end-of-text) run once; each candidate runs the tokens after its
-    longest common prefix with that (at least its own end-of-text). Candidates are grouped by
-    beam and sorted by new-token count and run in chunks of at most ``chunk``, each padded to
-    its own longest: no padding beyond what a chunk's lengths need, memory bounded by
-    ``chunk``. When ``chunk`` is more than twice a beam's candidates (a GPU setting), chunks
-    are filled across beams instead (sorted by new-token count alone), so batches stay large."""
+    longest common prefix with that (at least its own end-of-text). Candidates run in chunks
+    of one beam and one new-token count, at most ``chunk`` rows each: no padding, memory
+    bounded by ``chunk``. When ``chunk`` is more than twice the largest such set (a GPU
+    setting: few large batches), chunks are filled across beams and lengths instead (sorted by
+    new-token count, so padded only where the count changes)."""
     device = model.device
     prefixes = [b[:-1] for b in ext.beams]  # (G,) beam ids without the end-of-text
     P = max(len(p) for p in prefixes)
@@ -160,16 +176,7 @@ def prefix_cached_features(model: SecondaryModel, ext: ExtensionIds, chunk: int)
     cache = model.prefix_cache(model.embed(ids.to(device)))
     shared = [min(common_prefix(c, prefixes[g]), len(c) - 1) for g, c in zip(ext.group, ext.candidates)]
     new = [c[s:] for c, s in zip(ext.candidates, shared)]
-    # grouped by beam (a chunk of one beam shares its prefix without copying it), sorted by
-    # new-token count inside each beam; ties keep pair order
-    order = sorted(range(len(new)), key=lambda i: (ext.group[i], len(new[i]), i))
-    chunks = []
-    for g in sorted(set(ext.group)):
-        rows = [i for i in order if ext.group[i] == g]
-        chunks.extend(rows[s : s + chunk] for s in range(0, len(rows), chunk))
-    if chunk > 2 * max(len(c) for c in chunks):  # a large chunk: fill it across beams instead
-        by_length = sorted(range(len(new)), key=lambda i: (len(new[i]), i))
-        chunks = [by_length[s : s + chunk] for s in range(0, len(by_length), chunk)]
+    chunks = candidate_chunks(ext.group, [len(n) for n in new], chunk)
     out: torch.Tensor | None = None
     for rows in chunks:
         T = max(len(new[i]) for i in rows)

@@ -19,7 +19,13 @@ import torch
 
 from fuse_repro.adapter import FittedAdapter
 from fuse_repro.bridge import Bridge
-from fuse_repro.objectives import ClipImageSimilarity, Sentiment, common_prefix, prefix_cached_features
+from fuse_repro.objectives import (
+    ClipImageSimilarity,
+    Sentiment,
+    candidate_chunks,
+    common_prefix,
+    prefix_cached_features,
+)
 from fuse_repro.text_model import TextModel
 from fuse_repro.weights import ModelUnavailableError
 
@@ -85,7 +91,7 @@ CANDIDATES = ["s", "ing", "ed", "er", "y", "ly", ".", ",", "'s", " dog", " a", "
               " sitting", " .", " 2", "2", " Xbox", "-", " grass"]
 
 
-@pytest.mark.parametrize("chunk", [37, 4096])  # chunks of one beam (shared prefix) | across beams
+@pytest.mark.parametrize("chunk", [5, 4096])  # chunks of one beam (shared prefix) | across beams
 def test_prefix_cache_features_equal_full_forward(bridge: Bridge, gpt2_tok: Any, tiny_clip: TextModel,
                                                   chunk: int) -> None:
     assert tiny_clip.supports_prefix_cache
@@ -119,7 +125,7 @@ def test_prefix_cache_matches_float64_reference(bridge: Bridge, gpt2_tok: Any, t
     model64.module = copy.deepcopy(tiny_clip.module).double()
     beams, pairs = step_candidates(gpt2_tok, coco_captions(3), CANDIDATES)
     ext = bridge.extension_ids(beams, pairs)
-    fast = prefix_cached_features(model64, ext, chunk=16)
+    fast = prefix_cached_features(model64, ext, chunk=2)  # one beam and one length per chunk
     assert float((prefix_cached_features(model64, ext, chunk=4096) - fast).abs().max()) < 1e-12
     tb = bridge.embed_ids(ext.candidates, ext.texts)
     with torch.no_grad():
@@ -148,3 +154,16 @@ def test_bidirectional_models_keep_the_full_path(tiny_roberta: TextModel, tiny_g
     senti = Sentiment(tiny_roberta, Bridge(tiny_gpt2, tiny_roberta, FittedAdapter(kind="fuse", key="k")), 1.0,
                       sentiment=next(iter(tiny_roberta.id2label.values())))
     assert not senti.can_prefix_cache()
+
+
+def test_candidate_chunks_have_no_padding_and_bounded_size() -> None:
+    group = [0] * 7 + [1] * 5
+    lengths = [2, 3, 2, 2, 5, 2, 3, 2, 2, 4, 2, 2]
+    chunks = candidate_chunks(group, lengths, chunk=3)
+    assert sorted(i for c in chunks for i in c) == list(range(12))
+    assert all(len(c) <= 3 for c in chunks)
+    for c in chunks:  # one beam, one length: nothing padded, the prefix shared
+        assert len({group[i] for i in c}) == 1 and len({lengths[i] for i in c}) == 1
+        assert c == sorted(c)
+    wide = candidate_chunks(group, lengths, chunk=100)  # a GPU-sized chunk: one batch
+    assert len(wide) == 1 and [lengths[i] for i in wide[0]] == sorted(lengths)
