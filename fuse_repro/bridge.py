@@ -55,7 +55,7 @@ from fuse_repro.tensor import tprod, ttranspose
 if TYPE_CHECKING:
     from fuse_repro.text_model import EmbeddingModel
 
-__all__ = ["MAP_KINDS", "OVERFLOW_POLICIES", "Bridge", "TargetBatch"]
+__all__ = ["MAP_KINDS", "OVERFLOW_POLICIES", "Bridge", "ExtensionIds", "TargetBatch"]
 
 MAP_KINDS = ("fitted", "random", "mean")
 OVERFLOW_POLICIES = ("random", "zero")
@@ -69,6 +69,18 @@ class TargetBatch:
     attention_mask: torch.Tensor  # (B, S_j) 1 for real tokens, 0 for right padding
     ids: list[list[int]]  # full target ids (specials included), unpadded
     texts: list[str]
+
+
+@dataclass
+class ExtensionIds:
+    """Target ids of one search step's candidates, each a beam extended by one source token
+    (``Bridge.extension_ids``): evaluation needs ids only, never word spans."""
+
+    beams: list[list[int]]  # full target ids of each beam (specials included)
+    group: list[int]  # per candidate: the index of its beam
+    candidates: list[list[int]]  # full target ids of each candidate (specials included)
+    texts: list[str]  # decoded text of each candidate
+    incremental: int = 0  # candidates retokenized word by word from their beam's words
 
 
 class _BridgeFn(torch.autograd.Function):
@@ -258,15 +270,107 @@ class Bridge:
             mask[b, : len(full)] = 1
         return texts, full_ids, ids_pad, mask, words, token_rows
 
+    # -- evaluation: ids only ------------------------------------------------------------------
+    def _target_of_text(self, ids: list[int], text: str) -> list[int]:
+        """Full target ids (specials included) of one source sequence and its decoded text."""
+        if self.kind == "identity":
+            return list(ids)
+        if self.kind == "token":
+            return self.target.tokenizer.with_specials(ids)[0]
+        return self.target.tokenizer.with_specials(self.target.tokenizer.encode(text))[0]
+
+    def target_ids(self, src_ids: list[list[int]]) -> tuple[list[str], list[list[int]]]:
+        """Texts and full target ids of ``src_ids``: the ids ``_encode`` gives, without the
+        word-span machinery evaluation throws away (the plain path of ``extension_ids``)."""
+        src = [[int(t) for t in ids] for ids in src_ids]
+        texts = [self.source.tokenizer.decode(ids) for ids in src]
+        if self.kind == "fuse":  # one batched call (Rust for transformers' tokenizers)
+            contents = self.target.tokenizer.encode_batch(texts)
+            return texts, [self.target.tokenizer.with_specials(c)[0] for c in contents]
+        return texts, [self._target_of_text(ids, text) for ids, text in zip(src, texts)]
+
+    def extension_ids(self, beams: list[list[int]], pairs: list[tuple[int, int]]) -> ExtensionIds:
+        """Target ids of every candidate ``beams[b] + [token]`` for ``(b, token)`` in ``pairs``,
+        equal to ``target_ids`` of those sequences.
+
+        Incremental per beam where the target tokenizer is word-separable
+        (``WordTokenizer.separable``: CLIP's BPE on plain ASCII): the beam's words are encoded
+        once, a candidate keeps the ids of the words it shares with its beam and encodes only
+        the rest (the changed last word, a new word). Anything else takes the full encode."""
+        tok_s, tok_t = self.source.tokenizer, self.target.tokenizer
+        beam_texts = [tok_s.decode([int(t) for t in b]) for b in beams]
+        texts = [tok_s.decode([*(int(t) for t in beams[b]), int(c)]) for b, c in pairs]
+        group = [b for b, _ in pairs]
+        if self.kind != "fuse":
+            beam_ids = [self._target_of_text([int(t) for t in b], x) for b, x in zip(beams, beam_texts)]
+            cand = [self._target_of_text([*(int(t) for t in beams[b]), int(c)], x)
+                    for (b, c), x in zip(pairs, texts)]
+            return ExtensionIds(beam_ids, group, cand, texts)
+        # per beam: its words, and the ids of its first w words for every w (None: not separable)
+        words_of: list[list[str]] = []
+        heads: list[list[list[int]] | None] = []
+        beam_contents = []
+        for text in beam_texts:
+            content = tok_t.encode(text)
+            beam_contents.append(content)
+            words = text.split()
+            words_of.append(words)
+            head: list[list[int]] | None = None
+            if tok_t.separable(text):
+                head = [[]]
+                for w in words:
+                    head.append(head[-1] + tok_t.encode(w))
+                if head[-1] != content:  # never seen; the word-by-word premise failed
+                    head = None
+            heads.append(head)
+        contents: list[list[int] | None] = []
+        incremental = 0
+        for b, text in zip(group, texts):
+            head = heads[b]
+            if head is None or not tok_t.separable(text):
+                contents.append(None)
+                continue
+            words, shared = text.split(), 0
+            beam_words = words_of[b]
+            while shared < min(len(words), len(beam_words)) and words[shared] == beam_words[shared]:
+                shared += 1
+            ids = list(head[shared])
+            for w in words[shared:]:
+                ids.extend(tok_t.encode(w))
+            contents.append(ids)
+            incremental += 1
+        rest = [i for i, c in enumerate(contents) if c is None]
+        if rest:  # full encode of whatever could not be done word by word
+            for i, c in zip(rest, tok_t.encode_batch([texts[i] for i in rest])):
+                contents[i] = c
+        cand = [tok_t.with_specials(c)[0] for c in contents if c is not None]
+        assert len(cand) == len(texts)
+        beam_ids = [tok_t.with_specials(c)[0] for c in beam_contents]
+        return ExtensionIds(beam_ids, group, cand, texts, incremental)
+
+    def embed_ids(self, full_ids: list[list[int]], texts: list[str]) -> TargetBatch:
+        """The target inputs of full target ids, right-padded to the longest (no gradient path)."""
+        tok_t = self.target.tokenizer
+        max_len = max(len(f) for f in full_ids)
+        pad_id = tok_t.pad_id if tok_t.pad_id is not None else 0
+        ids_pad = torch.full((len(full_ids), max_len), pad_id, dtype=torch.long)  # (B, S_j)
+        mask = torch.zeros((len(full_ids), max_len), dtype=torch.long)  # (B, S_j)
+        for b, full in enumerate(full_ids):
+            ids_pad[b, : len(full)] = torch.tensor(full, dtype=torch.long)
+            mask[b, : len(full)] = 1
+        model = self.source if self.kind == "identity" else self.target
+        with torch.no_grad():
+            embeds = model.embed(ids_pad.to(model.device))  # (B, S_j, d_j)
+        return TargetBatch(embeds, mask.to(model.device), [list(f) for f in full_ids], list(texts))
+
     @torch.no_grad()
     def lookup(self, src_ids: list[list[int]]) -> TargetBatch:
-        """The exact target inputs of ``src_ids`` with no gradient path (candidate evaluation)."""
+        """The exact target inputs of ``src_ids`` with no gradient path (candidate evaluation):
+        ids only (``target_ids``), the same ids and padding as the differentiable forward."""
         if not src_ids:
             raise AdapterError("lookup needs at least one source sequence")
-        texts, full_ids, ids_pad, mask, _, _ = self._encode(src_ids)
-        model = self.source if self.kind == "identity" else self.target
-        embeds = model.embed(ids_pad.to(model.device))  # (B, S_j, d_j)
-        return TargetBatch(embeds, mask.to(model.device), full_ids, texts)
+        texts, full_ids = self.target_ids(src_ids)
+        return self.embed_ids(full_ids, texts)
 
     def __call__(self, src_ids: list[list[int]], src_embeds: torch.Tensor) -> TargetBatch:
         """src_ids: B unpadded id lists; src_embeds (B, S_i, d_i) with S_i >= max length.

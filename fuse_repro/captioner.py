@@ -44,7 +44,7 @@ from fuse_repro.records import (
     clean_captions,
     read_jsonl,
 )
-from fuse_repro.search import SEARCH_METHODS, check_conventions, encode_prefix, timed_search
+from fuse_repro.search import SEARCH_METHODS, check_conventions, encode_prefix, search_items, timed_search
 from fuse_repro.tracking import Tracker
 from fuse_repro.weights import check_available
 
@@ -190,12 +190,11 @@ def caption_items(
         log.info("resuming %s: %d of %d items already captioned", path, len(finished), len(items))
     rows = []
     todo = [it for it in items if str(it.id) not in finished]
-    for item in tqdm(todo, desc=desc, unit="item"):
-        try:
-            result, seconds = timed_search(
-                item, captioner.primary, captioner.objectives, search, captioner.lm_weight, seed
-            )
-        except (ObjectiveError, OSError) as err:
+    searched = search_items(todo, captioner.primary, captioner.objectives, search,
+                            captioner.lm_weight, seed, alone=timed_search)
+    for item, result, seconds in tqdm(searched, total=len(todo), desc=desc, unit="item"):
+        if isinstance(result, (ObjectiveError, OSError)):
+            err = result
             log.error("item %s failed: %s (the run goes on)", item.id, err)
             append_jsonl(out_dir / ERRORS_NAME,
                          {"id": str(item.id), "error": str(err), "method": search.method})

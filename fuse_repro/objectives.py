@@ -23,7 +23,7 @@ from typing import Any, ClassVar, TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from fuse_repro.bridge import Bridge, TargetBatch
+from fuse_repro.bridge import Bridge, ExtensionIds, TargetBatch
 from fuse_repro.errors import FuseError, ObjectiveError  # noqa: F401 - ObjectiveError: re-exported
 
 if TYPE_CHECKING:
@@ -46,8 +46,20 @@ class SecondaryObjective(ABC):
     # Keyword options of the constructor a term config may set (besides kind, weight, model).
     options: ClassVar[tuple[str, ...]] = ()
 
+    # The attributes ``prepare`` sets: the per-item context, saved and restored when several
+    # items are searched together (``prepared`` / ``use_prepared``).
+    prepared_attributes: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, name: str, model: SecondaryModel, bridge: Bridge, weight: float) -> None:
         self.name, self.model, self.bridge, self.weight = name, model, bridge, float(weight)
+
+    def prepared(self) -> dict[str, Any]:
+        """The per-item context ``prepare`` set (restored by ``use_prepared``)."""
+        return {a: getattr(self, a) for a in self.prepared_attributes}
+
+    def use_prepared(self, context: dict[str, Any]) -> None:
+        for a in self.prepared_attributes:
+            setattr(self, a, context[a])
 
     @abstractmethod
     def prepare(self, item: Any) -> None:
@@ -70,6 +82,117 @@ class SecondaryObjective(ABC):
             out.append(self.loss(tb).float().cpu())
         return torch.cat(out) if out else torch.zeros(0)
 
+    # -- candidate evaluation of a search step ---------------------------------------------------
+    def can_prefix_cache(self) -> bool:
+        """Whether ``evaluate_extensions`` can reuse each beam's keys/values: the objective
+        scores pooled features (``loss_from_features``) of a causal model."""
+        return type(self).loss_from_features is not SecondaryObjective.loss_from_features and bool(
+            getattr(self.model, "supports_prefix_cache", False))
+
+    def loss_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """(B,) loss from the model's pooled output (B, e); objectives of causal models that
+        pool at the last token implement it (``can_prefix_cache``)."""
+        raise NotImplementedError(f"{type(self).__name__} scores full model outputs")
+
+    @torch.no_grad()
+    def evaluate_extensions(
+        self, beams: list[list[int]], pairs: list[tuple[int, int]], chunk: int, prefix_cache: bool = True
+    ) -> torch.Tensor:
+        """(K,) exact losses of the candidates ``beams[b] + [token]`` for ``(b, token)`` in
+        ``pairs``: the same values as ``evaluate`` of those sequences.
+
+        With ``prefix_cache`` and a model that supports it (``can_prefix_cache``): ids-only
+        retokenization, incremental per beam (``Bridge.extension_ids``); each beam's target
+        tokens run once and each candidate runs only its tokens after its longest common
+        prefix with the beam (``prefix_cached_features``). Otherwise ``evaluate`` itself: the
+        candidates run whole, in their order, in chunks of ``chunk`` (bidirectional models:
+        every token sees every other, so nothing can be reused)."""
+        if not pairs:
+            return torch.zeros(0)
+        if prefix_cache and self.can_prefix_cache():
+            ext = self.bridge.extension_ids(beams, pairs)
+            features = prefix_cached_features(self.model, ext, chunk)  # (K, e)
+            return self.loss_from_features(features).float().cpu()
+        return self.evaluate([list(beams[b]) + [int(t)] for b, t in pairs], chunk)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two id lists."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def merge_extensions(parts: list[ExtensionIds]) -> ExtensionIds:
+    """Several steps' candidates as one set (beam indices offset): one batch for many items."""
+    beams, group, cands, texts, incremental = [], [], [], [], 0
+    for ext in parts:
+        group.extend(g + len(beams) for g in ext.group)
+        beams.extend(ext.beams)
+        cands.extend(ext.candidates)
+        texts.extend(ext.texts)
+        incremental += ext.incremental
+    return ExtensionIds(beams, group, cands, texts, incremental)
+
+
+def candidate_chunks(group: list[int], lengths: list[int], chunk: int) -> list[list[int]]:
+    """Candidate indices in evaluation chunks of at most ``chunk``: one chunk per (beam,
+    new-token count), so nothing is padded and a chunk of one beam shares its prefix without
+    copying it; ties keep pair order. When ``chunk`` is more than twice the largest such set
+    (a GPU setting: few large batches), chunks are filled across beams and lengths instead,
+    sorted by new-token count (padded only where the count changes inside a chunk)."""
+    sets: dict[tuple[int, int], list[int]] = {}
+    for i, (g, n) in enumerate(zip(group, lengths)):
+        sets.setdefault((g, n), []).append(i)
+    chunks = [rows[s : s + chunk] for _, rows in sorted(sets.items()) for s in range(0, len(rows), chunk)]
+    if chunks and chunk > 2 * max(len(c) for c in chunks):
+        by_length = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+        chunks = [by_length[s : s + chunk] for s in range(0, len(by_length), chunk)]
+    return chunks
+
+
+def prefix_cached_features(model: SecondaryModel, ext: ExtensionIds, chunk: int) -> torch.Tensor:
+    """Pooled features (K, e) of every candidate of ``ext`` through a causal model's prefix
+    cache (``TextModel.prefix_cache`` / ``extend_features``): each beam's target ids without
+    their last token (the end-of-text) run once; each candidate runs the tokens after its
+    longest common prefix with that (at least its own end-of-text). Candidates run in chunks
+    of one beam and one new-token count, at most ``chunk`` rows each: no padding, memory
+    bounded by ``chunk``. When ``chunk`` is more than twice the largest such set (a GPU
+    setting: few large batches), chunks are filled across beams and lengths instead (sorted by
+    new-token count, so padded only where the count changes)."""
+    device = model.device
+    prefixes = [b[:-1] for b in ext.beams]  # (G,) beam ids without the end-of-text
+    P = max(len(p) for p in prefixes)
+    pad = model.tokenizer.pad_id or 0
+    ids = torch.full((len(prefixes), P), pad, dtype=torch.long)  # (G, P)
+    for g, p in enumerate(prefixes):
+        ids[g, : len(p)] = torch.tensor(p, dtype=torch.long)
+    cache = model.prefix_cache(model.embed(ids.to(device)))
+    shared = [min(common_prefix(c, prefixes[g]), len(c) - 1) for g, c in zip(ext.group, ext.candidates)]
+    new = [c[s:] for c, s in zip(ext.candidates, shared)]
+    chunks = candidate_chunks(ext.group, [len(n) for n in new], chunk)
+    out: torch.Tensor | None = None
+    for rows in chunks:
+        T = max(len(new[i]) for i in rows)
+        batch = torch.full((len(rows), T), pad, dtype=torch.long)  # (B, T)
+        for r, i in enumerate(rows):
+            batch[r, : len(new[i])] = torch.tensor(new[i], dtype=torch.long)
+        feats = model.extend_features(
+            cache,
+            torch.tensor([ext.group[i] for i in rows], device=device),
+            torch.tensor([shared[i] for i in rows], device=device),
+            model.embed(batch.to(device)),
+            torch.tensor([len(new[i]) for i in rows], device=device),
+        )  # (B, e)
+        if out is None:
+            out = torch.empty(len(new), feats.shape[1], dtype=feats.dtype, device=feats.device)
+        out[torch.tensor(rows, device=feats.device)] = feats
+    assert out is not None
+    return out
+
 
 class TextSimilarity(SecondaryObjective):
     """``1 - cos(encoder(candidate), encoder(target text))`` with mean pooling (sentence-
@@ -77,6 +200,7 @@ class TextSimilarity(SecondaryObjective):
 
     metrics = ("cosine",)
     needs = "target"
+    prepared_attributes = ("target_embedding",)
 
     def __init__(self, model: SecondaryModel, bridge: Bridge, weight: float) -> None:
         super().__init__("text_similarity", model, bridge, weight)
@@ -116,6 +240,7 @@ class ClipImageSimilarity(SecondaryObjective):
 
     metrics = ("cosine",)
     needs = "image"
+    prepared_attributes = ("image_features",)
 
     def __init__(self, model: SecondaryModel, bridge: Bridge, weight: float) -> None:
         super().__init__("clip", model, bridge, weight)
@@ -143,9 +268,12 @@ class ClipImageSimilarity(SecondaryObjective):
         self.image_features = self.image_embedding(image)
 
     def loss(self, tb: TargetBatch) -> torch.Tensor:
+        return self.loss_from_features(self.model.forward_embeds(tb.embeds, tb.attention_mask))
+
+    def loss_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, e) unnormalized text features -> (B,) ``1 - cos`` with the image's."""
         assert self.image_features is not None, "prepare(item) first"
-        feats = self.model.forward_embeds(tb.embeds, tb.attention_mask)  # (B, e)
-        return 1.0 - F.cosine_similarity(feats.float(), self.image_features[None].to(feats.device), dim=-1)
+        return 1.0 - F.cosine_similarity(features.float(), self.image_features[None].to(features.device), dim=-1)
 
 
 class Sentiment(SecondaryObjective):
@@ -154,6 +282,7 @@ class Sentiment(SecondaryObjective):
 
     metrics = ("cross_entropy",)
     options = ("sentiment",)
+    prepared_attributes = ("label",)
 
     def __init__(self, model: SecondaryModel, bridge: Bridge, weight: float, sentiment: str | None = None) -> None:
         super().__init__("sentiment", model, bridge, weight)

@@ -9,6 +9,8 @@ Shape glossary (used in comments and docstrings):
     d_h hidden width of an encoder's last layer (equals d for the models here)
     C   number of classes of a sequence classifier
     e   width of CLIP's projected joint text/image space
+    G   beams whose keys/values a prefix cache holds; P their longest prefix (tokens)
+    T   new tokens per candidate after its cached prefix (right-padded); H heads, hd head width
 
 Protocols (structural: anything with these members qualifies, e.g. the toy models of
 ``fuse_repro.testing``):
@@ -225,6 +227,114 @@ class TextModel:
             return out.logits  # (B, C)
         return out.last_hidden_state  # (B, S, d_h)
 
+    # -- prefix-cached evaluation (causal secondaries) ----------------------------------------
+    @property
+    def supports_prefix_cache(self) -> bool:
+        """True when a sequence's output depends only on its own tokens up to its last one
+        (a causal model pooled at its last real token: CLIP's text tower), so candidates that
+        share a beam's prefix can reuse its keys and values (``prefix_cache`` /
+        ``extend_features``). Bidirectional encoders (MiniLM, RoBERTa) cannot."""
+        if self.kind != "clip":
+            return False
+        m = self.module
+        blocks = getattr(getattr(m, "transformer", None), "resblocks", None)
+        if blocks is None or getattr(m, "attn_mask", None) is None:
+            return False
+        if getattr(m, "text_pool_type", "argmax") not in ("argmax", "eos"):
+            return False
+        return all(
+            isinstance(getattr(b, "attn", None), nn.MultiheadAttention)
+            and b.attn.in_proj_weight is not None and not hasattr(b, "ln_1_kv")
+            for b in blocks
+        )
+
+    def _clip_block(
+        self, block: nn.Module, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """One open_clip ``ResidualAttentionBlock`` on x (B, T, w) whose queries attend to the
+        cached keys/values ``past`` ((B, H, P, hd) each, or None) and then to their own.
+        ``mask`` (B, 1, T, P+T) bool, True = may attend; None = causal over x alone.
+        Returns the block's output (B, T, w) and x's own keys/values (B, H, T, hd)."""
+        attn = block.attn
+        B, T, w = x.shape
+        H = attn.num_heads
+        hd = w // H
+        h = block.ln_1(x)
+        qkv = nn.functional.linear(h, attn.in_proj_weight, attn.in_proj_bias)  # (B, T, 3w)
+        q, k, v = (t.reshape(B, T, H, hd).transpose(1, 2) for t in qkv.chunk(3, dim=-1))  # (B, H, T, hd)
+        if past is None:
+            o = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, hd)
+        elif past[0].shape[0] == 1:  # every row extends the same prefix: no copy of its keys
+            o = _shared_prefix_attention(q, k, v, past[0][0], past[1][0], mask)
+        else:
+            keys = torch.cat([past[0], k], dim=2)  # (B, H, P+T, hd)
+            values = torch.cat([past[1], v], dim=2)
+            o = nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        o = o.transpose(1, 2).reshape(B, T, w)  # (B, H, T, hd) -> (B, T, w)
+        x = x + block.ls_1(attn.out_proj(o))
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        return x, (k, v)
+
+    @torch.no_grad()
+    def prefix_cache(self, embeds: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, the keys and values ((G, H, P, hd) each) of G right-padded prefixes
+        (G, P, d) at positions 0..P-1. Causal: a position's keys never depend on the padding
+        after a shorter prefix, so one batch serves prefixes of every length."""
+        assert self.supports_prefix_cache, f"{self.name} has no prefix cache"
+        m = self.module
+        G, P, d = embeds.shape
+        assert d == self.dim and P <= m.positional_embedding.shape[0], (tuple(embeds.shape),)
+        cast = m.transformer.get_cast_dtype()
+        x = embeds.to(self.dtype).to(cast) + m.positional_embedding[:P].to(cast)  # (G, P, w)
+        cache = []
+        for block in m.transformer.resblocks:
+            x, kv = self._clip_block(block, x, None, None)
+            cache.append(kv)
+        return cache
+
+    @torch.no_grad()
+    def extend_features(
+        self,
+        cache: list[tuple[torch.Tensor, torch.Tensor]],
+        group: torch.Tensor,
+        prefix_lengths: torch.Tensor,
+        embeds: torch.Tensor,
+        lengths: torch.Tensor,
+    ) -> torch.Tensor:
+        """Projected text features (B, e) of B sequences, each = the first
+        ``prefix_lengths[b]`` tokens of cached prefix ``group[b]`` followed by its own
+        ``lengths[b]`` new tokens ``embeds[b]`` (B, T, d), right-padded; pooled at its last new
+        token (its end-of-text). Equals ``forward_embeds`` on the whole sequence: the keys of a
+        causal model's first p positions depend only on those p tokens."""
+        m = self.module
+        B, T, d = embeds.shape
+        assert group.shape == prefix_lengths.shape == lengths.shape == (B,), (
+            group.shape, prefix_lengths.shape, lengths.shape)
+        P = cache[0][0].shape[2]
+        assert bool((prefix_lengths <= P).all()) and bool((lengths >= 1).all()), "bad lengths"
+        context = m.positional_embedding.shape[0]
+        assert int((prefix_lengths + lengths).max()) <= context, "a sequence exceeds the context"
+        cast = m.transformer.get_cast_dtype()
+        steps = torch.arange(T, device=embeds.device)
+        positions = (prefix_lengths[:, None] + steps[None, :]).clamp_max(context - 1)  # (B, T)
+        x = embeds.to(self.dtype).to(cast) + m.positional_embedding[positions].to(cast)  # (B, T, w)
+        # (B, 1, T, P+T): a cached key j while j < prefix_length; a new key t' <= the query's t
+        old = torch.arange(P, device=embeds.device)[None, None, :] < prefix_lengths[:, None, None]
+        new = (steps[None, :, None] >= steps[None, None, :]).expand(B, T, T)
+        mask = torch.cat([old.expand(B, T, P), new], dim=2)[:, None]
+        shared = bool((group == group[0]).all())  # one prefix for all rows: broadcast, no gather
+        for block, (k, v) in zip(m.transformer.resblocks, cache):
+            past = (k[group[:1]], v[group[:1]]) if shared else (k[group], v[group])
+            x, _ = self._clip_block(block, x, past, mask)
+        x = m.ln_final(x)
+        pooled = x[torch.arange(B, device=x.device), lengths - 1]  # (B, w)
+        if m.text_projection is None:
+            return pooled
+        if isinstance(m.text_projection, nn.Linear):
+            return m.text_projection(pooled)  # (B, e)
+        return pooled @ m.text_projection  # (B, e)
+
     def _padding_aware_positions(self, attention_mask: torch.Tensor) -> torch.Tensor | None:
         """RoBERTa numbers positions from its padding index and skips pads, but only when it
         sees ids; from embeddings it would count pads too. Rebuild its ids-path numbering."""
@@ -268,6 +378,27 @@ class TextModel:
         if isinstance(m.text_projection, nn.Linear):
             return m.text_projection(pooled)  # (B, e)
         return pooled @ m.text_projection  # (B, e)
+
+
+def _shared_prefix_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_old: torch.Tensor, v_old: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """Softmax attention of q (B, H, T, hd) over one shared prefix's keys/values (H, P, hd) and
+    each row's own k, v (B, H, T, hd), with ``mask`` (B, 1, T, P+T) True = may attend. The
+    prefix is multiplied once for all rows as an (H, B*T, hd) x (H, hd, P) product instead of
+    being copied B times. Same result as ``scaled_dot_product_attention`` on the concatenation."""
+    B, H, T, hd = q.shape
+    P = k_old.shape[1]
+    scale = hd ** -0.5
+    q_h = q.permute(1, 0, 2, 3).reshape(H, B * T, hd)  # (B, H, T, hd) -> (H, B*T, hd)
+    s_old = (q_h @ k_old.transpose(1, 2)).reshape(H, B, T, P).permute(1, 0, 2, 3)  # (B, H, T, P)
+    s_new = q @ k.transpose(2, 3)  # (B, H, T, T)
+    scores = (torch.cat([s_old, s_new], dim=3) * scale).masked_fill(~mask, float("-inf"))
+    p = scores.softmax(dim=3)  # (B, H, T, P+T)
+    p_old = p[..., :P].permute(1, 0, 2, 3).reshape(H, B * T, P)  # (H, B*T, P)
+    o_old = (p_old @ v_old).reshape(H, B, T, hd).permute(1, 0, 2, 3)  # (B, H, T, hd)
+    return o_old + p[..., P:] @ v
 
 
 # ----------------------------------------------------------------------------------------------

@@ -316,6 +316,15 @@ class OpenClipTokenizer(WordTokenizer):
             out[i].extend(enc.ids)
         return out
 
+    def separable(self, text: str) -> bool:
+        """Printable ASCII without ``&`` under open_clip's ``_clean_lower``: cleaning reduces to
+        whitespace folding plus lowercasing (``encode_batch``), and no pre-token of CLIP's
+        pattern spans whitespace, so the text tokenizes as its words one by one."""
+        return (
+            getattr(self.raw.clean_fn, "__name__", "") == "_clean_lower"
+            and text.isascii() and text.isprintable() and "&" not in text
+        )
+
     def _rust_bpe(self) -> Any:
         if getattr(self, "_bpe", None) is None:
             from tokenizers import Tokenizer

@@ -167,6 +167,12 @@ class WordTokenizer(abc.ABC):
         """
         return self.encode_batch([" " + w for w in words])
 
+    def separable(self, text: str) -> bool:
+        """True when ``encode(text)`` is guaranteed to equal the concatenation of ``encode(w)``
+        over the words ``w`` of ``text.split()``, so a text can be retokenized word by word
+        (``Bridge.extension_ids``). Default False: no such guarantee is known."""
+        return False
+
     def encode_words(self, text: str) -> tuple[list[int], list[Span]]:
         """``encode(text)`` and one token range per word of ``text.split()``.
 

@@ -179,6 +179,16 @@ class SearchConfig:
     min_steps: int = 4
     # (beam, candidate) pairs per forward pass of each secondary model.
     eval_chunk: int = 256
+    # Causal secondaries (CLIP's text tower): run each beam's tokens once and each candidate
+    # only its new tokens (exact; false runs every candidate whole, for comparison). Ignored
+    # by bidirectional models (MiniLM, RoBERTa), which always run whole.
+    prefix_cache: bool = True
+    # Items searched together, their steps in lockstep and their candidates in shared batches
+    # (amortizes per-step overhead on a GPU); every item's caption is the one it gets alone.
+    items_per_step: int = 1
+    # Precision of candidate evaluation: float32 | tf32 | bfloat16 (the last two on CUDA only;
+    # README "What the paper's tables cost" says when they are safe).
+    eval_dtype: str = "float32"
     # Drop candidate tokens that are special, decode to nothing printable, hold a newline or a
     # broken UTF-8 fragment: they cannot be part of a caption.
     printable_only: bool = True
@@ -196,7 +206,7 @@ class SearchConfig:
     def __post_init__(self) -> None:
         # method, lm_term, returned and slot_init are names of the search registries; the
         # search library checks them (fuse_repro.captioner.check_search) before a model loads.
-        for key in ("steps", "top_k", "beam_width", "eval_chunk", "pool_factor"):
+        for key in ("steps", "top_k", "beam_width", "eval_chunk", "pool_factor", "items_per_step"):
             check_min(f"search.{key}", getattr(self, key), 1)
         check_min("search.min_steps", self.min_steps, 0)
         if not math.isfinite(self.logit_weight):

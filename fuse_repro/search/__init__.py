@@ -10,7 +10,7 @@ conventions, ``lm.py`` for the primary LM side):
   ``evaluate_pairs(state, candidates) -> PairTotals``; ``select_beams(totals, beam_width,
   text_of)``; ``search_step(state) -> StepChoice``;
 - ``SEARCH_METHODS`` (``fuse``, ``lm_only``, ``random_proposal``) and ``build_method``;
-- ``slot_gradient``, ``evaluate_candidates``, ``allowed_token_mask``, ``encode_prefix``,
+- ``slot_gradient``, ``evaluate_candidates`` (plain), ``evaluate_extensions`` (fast), ``allowed_token_mask``, ``encode_prefix``,
   ``lm_context``, ``LMState``, ``lm_losses_full``.
 
 Methods: ``fuse`` (the proposal score carries the FUSE slot gradient), ``lm_only`` (secondary
@@ -33,14 +33,16 @@ _SUBMODULE = {
         ("SENTENCE_END", "LMState", "allowed_token_mask", "cache_keyword", "encode_prefix",
          "lm_context", "lm_losses_full"), "lm"),
     **dict.fromkeys(
-        ("SearchResult", "returned_caption", "search_caption", "should_stop", "timed_search"), "loop"),
+        ("SearchResult", "returned_caption", "search_caption", "search_items", "should_stop",
+         "step_together", "timed_search"), "loop"),
     **dict.fromkeys(
-        ("LM_TERMS", "RETURNED", "SEARCH_METHODS", "SLOT_INITS", "SearchMethod", "build_method",
-         "check_conventions"), "methods"),
+        ("EVAL_DTYPES", "LM_TERMS", "RETURNED", "SEARCH_METHODS", "SLOT_INITS", "SearchMethod",
+         "build_method", "check_conventions", "check_eval_dtype"), "methods"),
     **dict.fromkeys(
-        ("CandidateScores", "PairTotals", "SearchState", "StepChoice", "candidate_scores",
-         "evaluate_candidates", "evaluate_pairs", "propose", "search_step", "select_beams",
-         "slot_gradient", "start_search"), "step"),
+        ("CandidateScores", "PairTotals", "SearchState", "StepChoice", "apply_step",
+         "candidate_scores", "evaluate_candidates", "evaluate_extensions", "evaluate_pairs",
+         "eval_precision", "pairs_of", "propose", "search_step", "select_beams", "slot_gradient",
+         "start_search"), "step"),
 }
 __all__ = sorted(_SUBMODULE)
 
@@ -67,8 +69,17 @@ if TYPE_CHECKING:
         lm_context,
         lm_losses_full,
     )
-    from fuse_repro.search.loop import SearchResult, returned_caption, search_caption, should_stop, timed_search
+    from fuse_repro.search.loop import (
+        SearchResult,
+        returned_caption,
+        search_caption,
+        search_items,
+        should_stop,
+        step_together,
+        timed_search,
+    )
     from fuse_repro.search.methods import (
+        EVAL_DTYPES,
         LM_TERMS,
         RETURNED,
         SEARCH_METHODS,
@@ -76,15 +87,20 @@ if TYPE_CHECKING:
         SearchMethod,
         build_method,
         check_conventions,
+        check_eval_dtype,
     )
     from fuse_repro.search.step import (
         CandidateScores,
         PairTotals,
         SearchState,
         StepChoice,
+        apply_step,
         candidate_scores,
         evaluate_candidates,
+        evaluate_extensions,
         evaluate_pairs,
+        eval_precision,
+        pairs_of,
         propose,
         search_step,
         select_beams,

@@ -18,7 +18,7 @@ k      candidates per beam (``top_k``)
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -108,9 +108,26 @@ LM_TERMS = ("generated", "prefix_and_generated")
 RETURNED = ("final_beam", "best_step")
 
 
+# search.eval_dtype: the precision of candidate evaluation (the secondary models' forward over
+# every candidate). tf32 and bfloat16 exist on CUDA only (fuse_repro.search.step.eval_precision).
+EVAL_DTYPES = ("float32", "tf32", "bfloat16")
+
+
+def check_eval_dtype(eval_dtype: str, device: Any) -> None:
+    """One clear line when a lower evaluation precision is asked for off CUDA (checked from the
+    config before any model loads, and again when a search starts)."""
+    kind = getattr(device, "type", str(device).partition(":")[0])
+    if eval_dtype != "float32" and kind != "cuda":
+        raise ConfigError(
+            f"search.eval_dtype={eval_dtype!r} needs a CUDA device (device is {str(device)!r}); "
+            "use search.eval_dtype=float32 on the CPU"
+        )
+
+
 def check_conventions(cfg: SearchConfig) -> None:
     """One clear line for a convention value that does not exist."""
-    for key, allowed in (("slot_init", tuple(SLOT_INITS)), ("lm_term", LM_TERMS), ("returned", RETURNED)):
+    for key, allowed in (("slot_init", tuple(SLOT_INITS)), ("lm_term", LM_TERMS), ("returned", RETURNED),
+                         ("eval_dtype", EVAL_DTYPES)):
         value = getattr(cfg, key)
         if value not in allowed:
             raise ConfigError(f"search.{key}={value!r} is not one of {list(allowed)}")

@@ -17,15 +17,19 @@ One step, for every beam:
    LM loss, only its identity can);
 2. ``propose``: the method (``SEARCH_METHODS``) picks k tokens per beam from that score;
 3. ``evaluate_pairs``: the true loss of all B*k one-token extensions: the LM term from the single
-   forward of each beam (KV cache), each secondary term at the candidate's real length, in chunks;
+   forward of each beam (KV cache), each secondary term at the candidate's real length, in chunks
+   (``evaluate_extensions``: ids-only retokenization incremental per beam; with
+   ``search.prefix_cache`` a causal secondary runs each beam's tokens once and each candidate only
+   its new tokens; ``evaluate_candidates`` is the plain path and the tests' oracle);
 4. ``select_beams``: keep the best ``beam_width`` distinct texts (ties keep pair order: beam
    index, then the candidate's proposal rank).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TYPE_CHECKING
 
@@ -34,7 +38,7 @@ import torch
 from fuse_repro.config import SearchConfig
 from fuse_repro.objectives import ObjectiveError, SecondaryObjective, check_weights
 from fuse_repro.search.lm import LMState, allowed_token_mask, encode_prefix, lm_context
-from fuse_repro.search.methods import SLOT_INITS, SearchMethod, build_method
+from fuse_repro.search.methods import SLOT_INITS, SearchMethod, build_method, check_eval_dtype
 
 if TYPE_CHECKING:
     from fuse_repro.text_model import PrimaryModel
@@ -72,6 +76,44 @@ def evaluate_candidates(
     return {obj.name: obj.evaluate(sequences, chunk) for obj in objectives}
 
 
+@contextlib.contextmanager
+def eval_precision(eval_dtype: str, device: Any, *, allow_cpu: bool = False) -> Iterator[None]:
+    """Candidate evaluation at ``search.eval_dtype``: float32 as is; tf32 (TF32 matmuls and
+    convolutions, float32 storage) or bfloat16 (autocast) on CUDA. ``allow_cpu`` (the precision
+    agreement benchmark only) lets bfloat16 autocast run on the CPU; the option itself refuses
+    anything but float32 off CUDA (``check_eval_dtype``)."""
+    device = torch.device(device)
+    if eval_dtype == "float32":
+        yield
+        return
+    if not allow_cpu:
+        check_eval_dtype(eval_dtype, device)
+    if eval_dtype == "bfloat16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+        return
+    assert eval_dtype == "tf32", eval_dtype
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def evaluate_extensions(state: SearchState, pairs: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+    """Raw loss (K,) of every searching objective for every (beam, token) pair of ``state``:
+    the values ``evaluate_candidates`` gives for the full sequences (its plain path), with ids-only
+    incremental retokenization and, where ``search.prefix_cache`` and the model allow, each
+    beam's prefix run once (``SecondaryObjective.evaluate_extensions``)."""
+    beams = [state.prefix_ids + b for b in state.beams]
+    with eval_precision(state.cfg.eval_dtype, state.primary.device):
+        return {
+            obj.name: obj.evaluate_extensions(beams, pairs, state.cfg.eval_chunk, state.cfg.prefix_cache)
+            for obj in state.searching
+        }
+
+
 @dataclass
 class SearchState:
     """Everything one caption search carries from step to step."""
@@ -94,6 +136,13 @@ class SearchState:
     best_step: tuple[list[int], dict[str, float]] | None = None  # lowest total at any step
     evaluations: int = 0
     steps_done: int = 0
+    # objective name -> the context its prepare(item) set (several items searched together)
+    prepared: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def activate(self) -> None:
+        """Give every objective this item's context again (``SecondaryObjective.use_prepared``)."""
+        for obj in self.objectives:
+            obj.use_prepared(self.prepared[obj.name])
 
 
 def start_search(
@@ -102,6 +151,7 @@ def start_search(
     """Prepare every objective for ``item`` and encode the prefix once. ``cfg`` was validated
     when it was built (``SearchConfig.__post_init__``); the weights are checked here."""
     method = build_method(cfg.method)
+    check_eval_dtype(cfg.eval_dtype, primary.device)
     check_weights(lm_weight, {o.name: o.weight for o in objectives})
     prefix_ids = encode_prefix(primary, cfg.prefix)
     for obj in objectives:
@@ -115,6 +165,7 @@ def start_search(
         item=item, primary=primary, objectives=objectives, cfg=cfg, method=method,
         lm_weight=lm_weight, prefix_ids=prefix_ids, searching=method.searching(objectives),
         allowed=allowed, generator=generator, lm=lm,
+        prepared={obj.name: obj.prepared() for obj in objectives},
     )
 
 
@@ -164,12 +215,21 @@ class PairTotals:
     total: torch.Tensor  # (K,) lm_weight * lm + sum_j w_j raw_j: what selection minimizes
 
 
-def evaluate_pairs(state: SearchState, candidates: torch.Tensor) -> PairTotals:
-    """Evaluate every (beam, candidate) of ``candidates`` (B, k) exactly: the LM term read from
-    the one forward of each beam, the secondary losses batched in chunks of ``eval_chunk``."""
-    cfg, logprobs = state.cfg, state.lm.logprobs.cpu()  # (B, V)
+def pairs_of(state: SearchState, candidates: torch.Tensor) -> list[tuple[int, int]]:
+    """(beam, token) for every candidate of ``candidates`` (B, k), beam-major in proposal order."""
     assert candidates.shape[0] == len(state.beams), (candidates.shape, len(state.beams))
-    pairs = [(b, int(c)) for b in range(len(state.beams)) for c in candidates[b].tolist()]
+    return [(b, int(c)) for b in range(len(state.beams)) for c in candidates[b].tolist()]
+
+
+def evaluate_pairs(
+    state: SearchState, candidates: torch.Tensor, raw: dict[str, torch.Tensor] | None = None
+) -> PairTotals:
+    """Evaluate every (beam, candidate) of ``candidates`` (B, k) exactly: the LM term read from
+    the one forward of each beam, the secondary losses batched in chunks of ``eval_chunk``
+    (``evaluate_extensions``), or given as ``raw`` (computed with other items' candidates:
+    ``fuse_repro.search.loop.step_together``)."""
+    cfg, logprobs = state.cfg, state.lm.logprobs.cpu()  # (B, V)
+    pairs = pairs_of(state, candidates)
     n = len(state.beams[0])
     # Mean NLL after the extension; the authors' convention also counts the context tokens.
     extra_nll, extra_count = (0.0, 0)
@@ -179,7 +239,8 @@ def evaluate_pairs(state: SearchState, candidates: torch.Tensor) -> PairTotals:
         [(float(state.nll_sums[b]) - float(logprobs[b, c]) + extra_nll) / (n + 1 + extra_count) for b, c in pairs]
     )  # (K,)
     sequences = [state.prefix_ids + state.beams[b] + [c] for b, c in pairs]
-    raw = evaluate_candidates(state.searching, sequences, cfg.eval_chunk)
+    if raw is None:
+        raw = evaluate_extensions(state, pairs)
     total = state.lm_weight * lm_terms
     for obj in state.searching:
         total = total + obj.weight * raw[obj.name]
@@ -216,9 +277,14 @@ class StepChoice:
 
 def search_step(state: SearchState) -> StepChoice:
     """One token for every beam: propose, evaluate every (beam, candidate) exactly, keep the best."""
-    cfg, tok = state.cfg, state.primary.tokenizer
     candidates = propose(state)
-    ev = evaluate_pairs(state, candidates)
+    return apply_step(state, candidates, evaluate_pairs(state, candidates))
+
+
+def apply_step(state: SearchState, candidates: torch.Tensor, ev: PairTotals) -> StepChoice:
+    """The end of a step: keep the best pairs of ``ev``, extend the beams, record the terms and
+    advance the LM. ``state``'s objectives must hold its item's context (``activate``)."""
+    cfg, tok = state.cfg, state.primary.tokenizer
     state.evaluations += len(ev.pairs)
     chosen = select_beams(ev.total, cfg.beam_width, lambda k: tok.decode(ev.sequences[k]))
     parents = [ev.pairs[k][0] for k in chosen]

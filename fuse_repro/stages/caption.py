@@ -27,6 +27,7 @@ from fuse_repro.data import Item, load_dataset
 from fuse_repro.provenance import check_provenance, results_fields
 from fuse_repro.records import CAPTIONS_NAME
 from fuse_repro.runtime import resolve_device
+from fuse_repro.search import check_eval_dtype
 from fuse_repro.tracking import open_tracker
 from fuse_repro.weights_label import banner, is_random
 
@@ -49,6 +50,7 @@ def check(cfg: FuseConfig, methods: tuple[str, ...] = ()) -> None:
     and the models' availability."""
     check_corpus(cfg.adapter.corpus, random_weights=is_random(cfg))
     check_search(cfg.search, methods)
+    check_eval_dtype(cfg.search.eval_dtype, resolve_device(cfg.device))
     check_objective_fits_dataset(cfg.objective, dataset_items(cfg), cfg.dataset.name)
     check_models_available(cfg.source, cfg.objective)
 
