@@ -21,7 +21,7 @@ from fuse_repro.objectives import ClipImageSimilarity, Sentiment
 from fuse_repro.search import loop as search_loop
 from fuse_repro.search import search_caption, search_items
 from fuse_repro.search.step import eval_precision
-from fuse_repro.stages import caption as caption_stage
+from fuse_repro import captioner as captioner_lib
 
 SMALL_FIT = AdapterConfig(words_per_bucket=256, heldout_words=16, corpus=CorpusConfig(max_words=20000))
 
@@ -87,11 +87,11 @@ def test_shared_batches_really_mix_items(tiny_gpt2, objectives, monkeypatch):
 
 
 def test_resume_is_per_item_with_several_items_per_step(tiny_gpt2, objectives, tmp_path, monkeypatch):
-    captioner = caption_stage.Captioner(tiny_gpt2, objectives, 1.0, {})
+    captioner = captioner_lib.Captioner(tiny_gpt2, objectives, 1.0, {})
     items = image_items(4)
     cfg = SearchConfig(steps=2, top_k=5, beam_width=2, items_per_step=2)
-    full = caption_stage.caption_items(items, captioner, cfg, 0, tmp_path / "full")
-    alone = caption_stage.caption_items(items, captioner, dataclasses.replace(cfg, items_per_step=1), 0,
+    full = captioner_lib.caption_items(items, captioner, cfg, 0, tmp_path / "full")
+    alone = captioner_lib.caption_items(items, captioner, dataclasses.replace(cfg, items_per_step=1), 0,
                                         tmp_path / "alone")
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "losses", "history")}  # noqa: E731
                           for r in rows]
@@ -107,20 +107,20 @@ def test_resume_is_per_item_with_several_items_per_step(tiny_gpt2, objectives, t
 
     monkeypatch.setattr(search_loop, "step_together", crashing)
     with pytest.raises(KeyboardInterrupt):
-        caption_stage.caption_items(items, captioner, cfg, 0, tmp_path / "crash")
+        captioner_lib.caption_items(items, captioner, cfg, 0, tmp_path / "crash")
     monkeypatch.setattr(search_loop, "step_together", real)
     written = [json.loads(x)["id"] for x in (tmp_path / "crash" / "captions.jsonl").read_text().splitlines()]
     assert written == ["img0", "img1"]
-    resumed = caption_stage.caption_items(items, captioner, cfg, 0, tmp_path / "crash")
+    resumed = captioner_lib.caption_items(items, captioner, cfg, 0, tmp_path / "crash")
     exact = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert exact(resumed) == exact(full)  # the same groups: bit for bit
 
 
 def test_a_failing_item_does_not_sink_its_group(tiny_gpt2, objectives, tmp_path):
-    captioner = caption_stage.Captioner(tiny_gpt2, objectives, 1.0, {})
+    captioner = captioner_lib.Captioner(tiny_gpt2, objectives, 1.0, {})
     items = image_items(3)
     items[1] = SimpleNamespace(id="bad", image=None, image_path=None, sentiment=None)
-    out = caption_stage.caption_items(items, captioner, SearchConfig(steps=1, top_k=4, beam_width=1, items_per_step=3),
+    out = captioner_lib.caption_items(items, captioner, SearchConfig(steps=1, top_k=4, beam_width=1, items_per_step=3),
                                       0, tmp_path / "run")
     assert [r["id"] for r in out] == ["img0", "img2"]
     errors = [json.loads(x) for x in (tmp_path / "run" / "errors.jsonl").read_text().splitlines()]
@@ -133,7 +133,7 @@ def test_eval_dtype_is_refused_off_cuda(tiny_gpt2, objectives):
     assert "\n" not in str(err.value) and "search.eval_dtype='bfloat16'" in str(err.value)
     assert "float32" in str(err.value)
     with pytest.raises(ConfigError):
-        SearchConfig(eval_dtype="float16")  # not an option at all
+        captioner_lib.check_search(SearchConfig(eval_dtype="float16"))  # not an option at all
     with pytest.raises(ConfigError):
         SearchConfig(items_per_step=0)
     with pytest.raises(ConfigError), eval_precision("tf32", "cpu"):
