@@ -233,6 +233,7 @@ def step_split(state: Any, device: torch.device) -> dict[str, Any]:
         embeds = primary.embed(ids).detach().requires_grad_(True)  # (B, S_i, d_i)
         tb, dt = timed(device, obj.bridge, seqs, embeds)
         t["retokenization"] += dt
+        t["retokenization_slot"] = t.get("retokenization_slot", 0.0) + dt
         loss, dt1 = timed(device, lambda obj=obj, tb=tb: obj.weight * obj.loss(tb).sum())
         (grad_tb,), dt2 = timed(device, torch.autograd.grad, loss, [tb.embeds], retain_graph=True)
         t["secondary_fwd_bwd"] += dt1 + dt2
@@ -261,6 +262,7 @@ def step_split(state: Any, device: torch.device) -> dict[str, Any]:
             lengths.setdefault(obj.name, []).extend(int(m.sum()) for m in tb.attention_mask)
             new_tokens.setdefault(obj.name, []).extend(int(m.sum()) for m in tb.attention_mask)
     t["retokenization"] += lookups
+    t["retokenization_eval"] = lookups
     beam_tokens = {o.name: sum(len(b) - 1 for b in o.bridge.extension_ids(beams, pairs[:1]).beams)
                    / len(beams) for o in state.searching if paths[o.name] == "prefix_cache"}
     _, dt = timed(device, evaluate_pairs, state, candidates)
@@ -327,12 +329,13 @@ def measure_step(primary: Any, objectives: list[Any], item: Any, cfg: SearchConf
         search_step(state)
     state.cfg = cfg
     checks = []
-    if args.precision_check:
+    check_precision = bool(args.precision_check) and cfg.prefix_cache  # the production path
+    if check_precision:
         checks.append(precision_agreement(state, args.precision_check.split(","), device))
     with Peak(device) as peak:
         split = step_split(state, device)
     split["peak_bytes"] = peak.bytes
-    if args.precision_check:  # more states: the following steps of the same search
+    if check_precision:  # more states: the following steps of the same search
         for _ in range(args.precision_states - 1):
             checks.append(precision_agreement(state, args.precision_check.split(","), device))
             search_step(state)
@@ -421,11 +424,17 @@ def h200_projection(result: dict[str, Any], args: argparse.Namespace) -> dict[st
     per_candidate = flops["evaluation"] / step["pairs"]  # includes the beams' prefix share
     per_step = flops["gradient"] + flops["lm"]
     gpu = (per_caption * per_candidate + steps * per_step) / (GPU_FP32_PEAK * GPU_UTILIZATION)
-    host = per_caption * step["retokenization"] / step["pairs"]
+    # host: the candidates' retokenization + the slot sequences' bridge forward, as measured here
+    host = per_caption * step["retokenization_eval"] / step["pairs"] + steps * step["retokenization_slot"]
     fixed = steps * args.fixed_step_seconds / args.items_per_step
     n = args.processes
-    wall = max(gpu, (host + fixed + gpu) / n)  # per caption, N processes sharing the GPU
+
+    def hours(processes: int) -> float:  # N processes sharing the GPU: host parallel, GPU serial
+        return captions * max(gpu, (host + fixed + gpu) / processes) / 3600
+
+    wall = max(gpu, (host + fixed + gpu) / n)  # per caption
     return {"captions": captions, "candidates_per_caption": per_caption,
+            "hours_by_processes": {str(p): hours(p) for p in sorted({1, 8, 16, n})},
             "gpu_compute_s": gpu, "host_retokenization_s": host, "fixed_s": fixed,
             "items_per_step": args.items_per_step, "processes": n,
             "seconds_per_caption": wall, "hours": captions * wall / 3600,
@@ -494,9 +503,12 @@ def print_report(result: dict[str, Any], rows: list[dict], args: argparse.Namesp
         print(f"\nPROJECTED, not measured (no GPU measurement): Table 1 + NoCaps ({h['captions']} "
               f"captions, {h['candidates_per_caption']} candidates each) on one H200: "
               f"{h['hours']:.2f} h with {h['processes']} processes x {h['items_per_step']} items "
-              f"per step ({h['hours_one_process_one_item']:.1f} h as one process, one item).")
+              f"per step ({h['hours_one_process_one_item']:.1f} h as one process, one item; by "
+              f"processes: " + ", ".join(f"{p}: {v:.2f} h" for p, v in h["hours_by_processes"].items())
+              + ").")
         print(f"  per caption: GPU compute {h['gpu_compute_s']:.3f} s (FP32 FLOP model), host "
-              f"retokenization {h['host_retokenization_s']:.3f} s (measured here), fixed "
+              f"retokenization {h['host_retokenization_s']:.3f} s (candidates + slot sequences, "
+              f"measured here), fixed "
               f"per-step {h['fixed_s']:.3f} s (assumed {args.fixed_step_seconds} s/step shared "
               f"by {h['items_per_step']} items); hours if run alone: "
               + ", ".join(f"{k} {v:.2f}" for k, v in h["split_hours"].items()))
@@ -531,7 +543,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="states (consecutive steps) the precision check compares on")
     ap.add_argument("--items-per-step", type=int, default=8,
                     help="items searched together per step in the H200 projection")
-    ap.add_argument("--processes", type=int, default=8,
+    ap.add_argument("--processes", type=int, default=16,
                     help="processes sharing the GPU in the H200 projection")
     ap.add_argument("--fixed-step-seconds", type=float, default=0.075,
                     help="assumed per-step launch + Python latency on a GPU (projection)")

@@ -47,17 +47,17 @@ class SecondaryObjective(ABC):
     options: ClassVar[tuple[str, ...]] = ()
 
     # The attributes ``prepare`` sets: the per-item context, saved and restored when several
-    # items are searched together (``prepared`` / ``use_prepared``).
+    # items are searched together (``prepared_context`` / ``use_prepared_context``).
     prepared_attributes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str, model: SecondaryModel, bridge: Bridge, weight: float) -> None:
         self.name, self.model, self.bridge, self.weight = name, model, bridge, float(weight)
 
-    def prepared(self) -> dict[str, Any]:
-        """The per-item context ``prepare`` set (restored by ``use_prepared``)."""
+    def prepared_context(self) -> dict[str, Any]:
+        """The per-item context ``prepare`` set (restored by ``use_prepared_context``)."""
         return {a: getattr(self, a) for a in self.prepared_attributes}
 
-    def use_prepared(self, context: dict[str, Any]) -> None:
+    def use_prepared_context(self, context: dict[str, Any]) -> None:
         for a in self.prepared_attributes:
             setattr(self, a, context[a])
 

@@ -4,7 +4,8 @@ Public API (see ``step.py`` for the step, ``methods.py`` for the method registry
 conventions, ``lm.py`` for the primary LM side):
 
 - ``search_caption(item, primary, objectives, cfg, lm_weight, seed) -> SearchResult`` and
-  ``timed_search`` (the same, with seconds);
+  ``timed_search`` (the same, with seconds); ``search_items`` (a list of items,
+  ``search.items_per_step`` at a time in lockstep: ``step_together``);
 - the step in pieces: ``start_search -> SearchState``; ``candidate_scores(state) ->
   CandidateScores`` (gradient part, LM part, ``total``); ``propose(state, scores) -> (B, k)``;
   ``evaluate_pairs(state, candidates) -> PairTotals``; ``select_beams(totals, beam_width,

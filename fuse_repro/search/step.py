@@ -140,9 +140,9 @@ class SearchState:
     prepared: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def activate(self) -> None:
-        """Give every objective this item's context again (``SecondaryObjective.use_prepared``)."""
+        """Give every objective this item's context again (``SecondaryObjective.use_prepared_context``)."""
         for obj in self.objectives:
-            obj.use_prepared(self.prepared[obj.name])
+            obj.use_prepared_context(self.prepared[obj.name])
 
 
 def start_search(
@@ -165,7 +165,7 @@ def start_search(
         item=item, primary=primary, objectives=objectives, cfg=cfg, method=method,
         lm_weight=lm_weight, prefix_ids=prefix_ids, searching=method.searching(objectives),
         allowed=allowed, generator=generator, lm=lm,
-        prepared={obj.name: obj.prepared() for obj in objectives},
+        prepared={obj.name: obj.prepared_context() for obj in objectives},
     )
 
 
