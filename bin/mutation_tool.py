@@ -1,0 +1,193 @@
+"""Helpers of ``bin/mutation`` (run inside a target's scratch copy, with mutmut importable).
+
+    python mutation_tool.py generate <sample> <seed> <glob>...   write patterns, message, all
+    python mutation_tool.py recheck                              names not killed yet
+    python mutation_tool.py report <work> <target>...            the per-target table
+
+Mutants are split in two classes by where the planted change sits in the mutated function
+(found by comparing its syntax tree with the original's):
+
+- **message** mutants change only text shown to a person: inside a ``raise`` statement, the
+  arguments of an exception constructor (a call to a name ending in ``Error``, ``Exception``
+  or ``Warning``), a logging call (``log.* / logger.* / logging.*``), ``warnings.warn``,
+  ``print`` or an ``assert``'s message. A test that pins the text kills them by construction, so
+  they are counted apart and not run;
+- **logic** mutants are everything else. They are run with message matching switched off
+  (``FUSE_MUTATION_LOGIC=1``, see ``tests/conftest.py``): ``pytest.raises(match=...)`` checks
+  the exception type only, ``assert_one_line`` checks exit code and shape but not its needles,
+  and tests marked ``pins_message`` are deselected. So a logic mutant counts as killed only when
+  a test fails on something other than message text.
+
+``generate`` samples ``<sample>`` logic mutants per target (0: all) with ``random.Random(seed)``
+over the sorted names, so a run is reproducible and its cost bounded.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import json
+import random
+import sys
+from collections import Counter
+from pathlib import Path
+
+KILLED = ("killed", "timeout", "segfault")
+_LOG_OWNERS = {"log", "logger", "logging", "warnings", "_log", "LOG"}
+_LOG_METHODS = {"debug", "info", "warning", "warn", "error", "exception", "critical"}
+
+
+def _call_name(node: ast.Call) -> str:
+    func = node.func
+    if isinstance(func, ast.Name):
+        return func.id
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return ""
+
+
+def _is_message_context(node: ast.AST, child_field: str | None) -> bool:
+    if isinstance(node, ast.Raise):
+        return True
+    if isinstance(node, ast.Assert):
+        return child_field == "msg"
+    if isinstance(node, ast.Call) and child_field in ("args", "keywords"):
+        name = _call_name(node)
+        if name == "print" or name.endswith(("Error", "Exception", "Warning")):
+            return True
+        func = node.func
+        if (isinstance(func, ast.Attribute) and func.attr in _LOG_METHODS
+                and isinstance(func.value, ast.Name) and func.value.id in _LOG_OWNERS):
+            return True
+    return False
+
+
+def _change_path(a: ast.AST, b: ast.AST, path: list[tuple[ast.AST, str | None]]) -> list | None:
+    """The (node, field) chain from ``b``'s root to the first place ``a`` and ``b`` differ."""
+    if type(a) is not type(b):
+        return path
+    for name, va in ast.iter_fields(a):
+        vb = getattr(b, name, None)
+        if isinstance(va, ast.AST) and isinstance(vb, ast.AST):
+            if ast.dump(va) != ast.dump(vb):
+                return _change_path(va, vb, [*path, (b, name)])
+        elif isinstance(va, list) and isinstance(vb, list):
+            if len(va) != len(vb):
+                return [*path, (b, name)]
+            for x, y in zip(va, vb):
+                if isinstance(x, ast.AST) and isinstance(y, ast.AST):
+                    if ast.dump(x) != ast.dump(y):
+                        return _change_path(x, y, [*path, (b, name)])
+                elif x != y:
+                    return [*path, (b, name)]
+        elif va != vb:
+            return [*path, (b, name)]
+    return None
+
+
+def classify(mutants_file: Path) -> dict[str, str]:
+    """``{mutant function name: "message" | "logic"}`` for one mutated source file."""
+    tree = ast.parse(mutants_file.read_text(encoding="utf-8"))
+    funcs = {n.name: n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    out = {}
+    for name, node in funcs.items():
+        if "__mutmut_" not in name or name.endswith("__mutmut_orig"):
+            continue
+        orig = funcs.get(name.rsplit("__mutmut_", 1)[0] + "__mutmut_orig")
+        if orig is None:
+            out[name] = "logic"
+            continue
+        a = ast.Module(body=orig.body, type_ignores=[])
+        b = ast.Module(body=node.body, type_ignores=[])
+        path = _change_path(a, b, [])
+        if path is None:  # a change in the signature (a default value): logic
+            out[name] = "logic"
+            continue
+        message = any(_is_message_context(node_, field) for node_, field in path)
+        out[name] = "message" if message else "logic"
+    return out
+
+
+def _meta_results(folder: Path = Path(".")) -> dict[str, int | None]:
+    results: dict[str, int | None] = {}
+    for meta in (folder / "mutants").rglob("*.py.meta"):
+        results.update(json.loads(meta.read_text())["exit_code_by_key"])
+    return results
+
+
+def generate(sample: int, seed: int, globs: list[str]) -> None:
+    kinds: dict[str, str] = {}
+    for meta in Path("mutants").rglob("*.py.meta"):
+        src = meta.with_suffix("")  # mutants/fuse_repro/x.py
+        module = ".".join(src.relative_to("mutants").with_suffix("").parts)
+        for func, kind in classify(src).items():
+            kinds[f"{module}.{func}"] = kind
+    names = sorted(k for k in _meta_results() if any(fnmatch.fnmatch(k, g) for g in globs))
+    missing = [n for n in names if n not in kinds]
+    assert not missing, f"unclassified mutants: {missing[:5]}"
+    logic = [n for n in names if kinds[n] == "logic"]
+    message = [n for n in names if kinds[n] == "message"]
+    chosen = sorted(random.Random(seed).sample(logic, sample)) if 0 < sample < len(logic) else logic
+    Path("patterns").write_text("\n".join(chosen) + "\n")
+    Path("message").write_text("\n".join(message) + "\n")
+    Path("all_logic").write_text("\n".join(logic) + "\n")
+
+
+def recheck() -> None:
+    from mutmut.stats import status_by_exit_code
+
+    results = _meta_results()
+    for name in Path("patterns").read_text().split():
+        code = results.get(name)
+        if code is None or status_by_exit_code[code] not in KILLED:
+            print(name)
+
+
+def report(work: Path, targets: list[str]) -> None:
+    from mutmut.stats import status_by_exit_code
+
+    total: Counter = Counter()
+    survivors = []
+    print("mutation score of logic mutants (killed includes a timeout or crash; message mutants "
+          "are counted apart, not run):")
+    print(f"  {'target':<17} {'logic':>5} {'run':>4} {'killed':>6} {'surv':>4} {'score':>6}"
+          f" {'message':>7}  seconds")
+    for target in targets:
+        folder = work / target
+        chosen = (folder / "patterns").read_text().split()
+        n_logic = len((folder / "all_logic").read_text().split())
+        n_message = len((folder / "message").read_text().split())
+        results = _meta_results(folder)
+        status: Counter = Counter()
+        for name in chosen:
+            code = results.get(name)
+            s = "not checked" if code is None else status_by_exit_code[code]
+            s = "killed" if s in KILLED else s
+            status[s] += 1
+            if s != "killed":
+                survivors.append(f"{target}: {s}: {name}")
+        total += status
+        tried = sum(status.values())
+        rest = ", ".join(f"{v} {k}" for k, v in sorted(status.items()) if k not in ("killed", "survived"))
+        seconds = (folder / "seconds").read_text().strip() if (folder / "seconds").exists() else "?"
+        print(f"  {target:<17} {n_logic:5d} {tried:4d} {status['killed']:6d} {status['survived']:4d}"
+              f" {100 * status['killed'] / max(tried, 1):5.1f}% {n_message:7d}  {seconds}"
+              + (f"  ({rest})" if rest else ""))
+    tried = sum(total.values())
+    print(f"  {'all':<17} {'':5} {tried:4d} {total['killed']:6d} {total['survived']:4d}"
+          f" {100 * total['killed'] / max(tried, 1):5.1f}%")
+    if survivors:
+        print(f"not killed ({len(survivors)}):")
+        print("\n".join("  " + s for s in survivors))
+
+
+if __name__ == "__main__":
+    cmd, *rest = sys.argv[1:]
+    if cmd == "generate":
+        generate(int(rest[0]), int(rest[1]), rest[2:])
+    elif cmd == "recheck":
+        recheck()
+    elif cmd == "report":
+        report(Path(rest[0]), rest[1:])
+    else:
+        raise SystemExit(f"unknown command {cmd!r}")
