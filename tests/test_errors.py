@@ -85,20 +85,53 @@ BAD_TARGETS = '[{"id": "1", "target": "a dog"}, {"id": "2"'  # cut off: not JSON
         (["threads=0"], ["threads"]),
         (["stage=score", "scoring.captions={root}/none.json"], ["none.json"]),
         (["stage=fit", "target.tokenizer.source=hf"], ["null", "whole node"]),
+        # files that are not what they claim to be (issue 18): one line naming the file
+        (["stage=caption", "dataset=text_targets", "dataset.annotations={root}/binary.json"],
+         ["binary.json", "not UTF-8 text", "dataset.annotations"]),
+        (["stage=caption", "dataset=text_targets", "dataset.annotations={root}/latin1.json"],
+         ["latin1.json", "not UTF-8 text"]),
+        (["stage=caption", "dataset=text_targets", "dataset.annotations={root}"],
+         ["is a folder", "dataset.annotations"]),
+        (["stage=caption", "dataset=text_targets", "dataset.annotations={root}/bad.json"],
+         ["bad.json", "truncated?"]),
+        (["stage=caption", "adapter.corpus.kind=text_file", "adapter.corpus.path={root}/binary.json"],
+         ["binary.json", "not UTF-8 text", "adapter.corpus.path"]),
+        (["stage=caption", "adapter.corpus.kind=text_file", "adapter.corpus.path={images}"],
+         ["images", "is a folder", "adapter.corpus.path"]),
     ],
     ids=["beam_width_0", "max_tokens_0", "negative_weight", "missing_image_folder",
          "malformed_targets", "unknown_backend", "image_folder_needs_image_objective",
          "unknown_group_option", "misspelled_key", "unknown_stage", "bad_resume", "threads_0",
-         "missing_results_file", "key_inside_null_node"],
+         "missing_results_file", "key_inside_null_node", "binary_annotations",
+         "latin1_annotations", "folder_annotations", "truncated_annotations", "binary_corpus",
+         "folder_corpus"],
 )
 def test_config_errors_are_one_line_before_any_work(args, needles, env, capsys, monkeypatch):
     (env["root"] / "bad.json").write_text(BAD_TARGETS)
+    (env["root"] / "binary.json").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff")
+    (env["root"] / "latin1.json").write_bytes('[{"id": "1", "target": "caf\xe9"}]'.encode("latin-1"))
     images = _image_folder(env["root"])
     args = [a.format(root=env["root"], images=images) for a in args] + ["logger=none"]
     code, out, err = run_entry(args, capsys, monkeypatch)
     assert_one_line(code, out, err, *needles)
     assert "resolved config" not in out  # failed before printing, loading or writing anything
     assert run_folders(env["logs"]) == []  # the empty run folder is removed
+
+
+@pytest.mark.parametrize("name,data,needles", [
+    ("binary.json", b"\x89PNG\r\n\x1a\n\x00\xff", ["binary.json", "not UTF-8 text", "scoring.captions"]),
+    ("bad.json", BAD_TARGETS.encode(), ["bad.json", "truncated?", "scoring.captions"]),
+    ("utf16.json", '[{"image_id": 1, "caption": "a dog"}]'.encode("utf-16"), ["utf16.json", "not UTF-8"]),
+], ids=["binary", "truncated", "utf16"])
+def test_a_results_file_that_is_not_one_is_one_line(name, data, needles, env, capsys, monkeypatch):
+    """stage=score reads the results file after the config is shown (no model loads for it):
+    a binary, truncated or UTF-16 file is one line naming it, and no metrics are written."""
+    path = env["root"] / name
+    path.write_bytes(data)
+    code, out, err = run_entry(["stage=score", f"scoring.captions={path}", "logger=none"],
+                               capsys, monkeypatch)
+    assert_one_line(code, out, err, *needles)
+    assert not list(env["logs"].rglob("metrics.json"))
 
 
 def test_image_folder_selects_an_image_objective():
