@@ -10,8 +10,9 @@ Mutants are split in two classes by where the planted change sits in the mutated
 - **message** mutants change only text shown to a person: inside a ``raise`` statement, the
   arguments of an exception constructor (a call to a name ending in ``Error``, ``Exception``
   or ``Warning``), a logging call (``log.* / logger.* / logging.*``), ``warnings.warn``,
-  ``print`` or an ``assert``'s message. A test that pins the text kills them by construction, so
-  they are counted apart and not run;
+  ``print`` or an ``assert``'s message, or an argument of a call to a function of the same
+  module whose parameter is read only in such places (``_vector(values, "true loss")``). A test
+  that pins the text kills them by construction, so they are counted apart and not run;
 - **logic** mutants are everything else. They are run with message matching switched off
   (``FUSE_MUTATION_LOGIC=1``, see ``tests/conftest.py``): ``pytest.raises(match=...)`` checks
   the exception type only, ``assert_one_line`` checks exit code and shape but not its needles,
@@ -62,27 +63,77 @@ def _is_message_context(node: ast.AST, child_field: str | None) -> bool:
     return False
 
 
-def _change_path(a: ast.AST, b: ast.AST, path: list[tuple[ast.AST, str | None]]) -> list | None:
-    """The (node, field) chain from ``b``'s root to the first place ``a`` and ``b`` differ."""
+def _change_path(a: ast.AST, b: ast.AST, path: list) -> list | None:
+    """The (node, field, index) chain from ``b``'s root to the first place ``a`` and ``b``
+    differ (``index`` is the position in a list field, else None)."""
     if type(a) is not type(b):
         return path
     for name, va in ast.iter_fields(a):
         vb = getattr(b, name, None)
         if isinstance(va, ast.AST) and isinstance(vb, ast.AST):
             if ast.dump(va) != ast.dump(vb):
-                return _change_path(va, vb, [*path, (b, name)])
+                return _change_path(va, vb, [*path, (b, name, None)])
         elif isinstance(va, list) and isinstance(vb, list):
-            if len(va) != len(vb):
-                return [*path, (b, name)]
-            for x, y in zip(va, vb):
+            for i, (x, y) in enumerate(zip(va, vb)):
                 if isinstance(x, ast.AST) and isinstance(y, ast.AST):
                     if ast.dump(x) != ast.dump(y):
-                        return _change_path(x, y, [*path, (b, name)])
+                        return _change_path(x, y, [*path, (b, name, i)])
                 elif x != y:
-                    return [*path, (b, name)]
+                    return [*path, (b, name, i)]
+            if len(va) != len(vb):
+                return [*path, (b, name, min(len(va), len(vb)))]
         elif va != vb:
-            return [*path, (b, name)]
+            return [*path, (b, name, None)]
     return None
+
+
+def _in_message(node: ast.AST, func: ast.AST) -> bool:
+    """Is ``node`` (inside ``func``) within a message context?"""
+    parents: dict[ast.AST, tuple[ast.AST, str]] = {}
+    for parent in ast.walk(func):
+        for field, value in ast.iter_fields(parent):
+            for child in value if isinstance(value, list) else [value]:
+                if isinstance(child, ast.AST):
+                    parents[child] = (parent, field)
+    while node in parents:
+        parent, field = parents[node]
+        if _is_message_context(parent, field):
+            return True
+        node = parent
+    return False
+
+
+def message_params(func: ast.FunctionDef) -> set[str]:
+    """Parameters of ``func`` read only inside message contexts (a name used in error text)."""
+    names = [a.arg for a in func.args.posonlyargs + func.args.args + func.args.kwonlyargs]
+    out = set()
+    for name in names:
+        loads = [n for n in ast.walk(func) if isinstance(n, ast.Name) and n.id == name
+                 and isinstance(n.ctx, ast.Load)]
+        if loads and all(_in_message(n, func) for n in loads):
+            out.add(name)
+    return out
+
+
+def _message_argument(path: list, funcs: dict[str, ast.FunctionDef]) -> bool:
+    """Does the change sit in an argument that the called module function only puts into
+    messages (``_vector(values, "true loss")`` where ``name`` is only used in its errors)?"""
+    for node, field, index in path:
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+            continue
+        callee = funcs.get(f"x_{node.func.id}__mutmut_orig") or funcs.get(node.func.id)
+        if callee is None:
+            continue
+        params = [a.arg for a in callee.args.posonlyargs + callee.args.args]
+        if field == "args" and index is not None and index < len(params):
+            param = params[index]
+        elif field == "keywords" and index is not None:
+            param = node.keywords[index].arg
+        else:
+            continue
+        if param in message_params(callee):
+            return True
+    return False
 
 
 def classify(mutants_file: Path) -> dict[str, str]:
@@ -103,7 +154,8 @@ def classify(mutants_file: Path) -> dict[str, str]:
         if path is None:  # a change in the signature (a default value): logic
             out[name] = "logic"
             continue
-        message = any(_is_message_context(node_, field) for node_, field in path)
+        message = (any(_is_message_context(n, f) for n, f, _ in path)
+                   or _message_argument(path, funcs))
         out[name] = "message" if message else "logic"
     return out
 
@@ -115,19 +167,24 @@ def _meta_results(folder: Path = Path(".")) -> dict[str, int | None]:
     return results
 
 
-def generate(sample: int, seed: int, globs: list[str]) -> None:
+def _split(folder: Path, globs: list[str]) -> tuple[list[str], list[str]]:
+    """The target's (logic, message) mutant names, sorted."""
     kinds: dict[str, str] = {}
-    for meta in Path("mutants").rglob("*.py.meta"):
+    for meta in (folder / "mutants").rglob("*.py.meta"):
         src = meta.with_suffix("")  # mutants/fuse_repro/x.py
-        module = ".".join(src.relative_to("mutants").with_suffix("").parts)
+        module = ".".join(src.relative_to(folder / "mutants").with_suffix("").parts)
         for func, kind in classify(src).items():
             kinds[f"{module}.{func}"] = kind
-    names = sorted(k for k in _meta_results() if any(fnmatch.fnmatch(k, g) for g in globs))
+    names = sorted(k for k in _meta_results(folder) if any(fnmatch.fnmatch(k, g) for g in globs))
     missing = [n for n in names if n not in kinds]
     assert not missing, f"unclassified mutants: {missing[:5]}"
-    logic = [n for n in names if kinds[n] == "logic"]
-    message = [n for n in names if kinds[n] == "message"]
+    return [n for n in names if kinds[n] == "logic"], [n for n in names if kinds[n] == "message"]
+
+
+def generate(sample: int, seed: int, globs: list[str]) -> None:
+    logic, message = _split(Path("."), globs)
     chosen = sorted(random.Random(seed).sample(logic, sample)) if 0 < sample < len(logic) else logic
+    Path("globs").write_text("\n".join(globs) + "\n")
     Path("patterns").write_text("\n".join(chosen) + "\n")
     Path("message").write_text("\n".join(message) + "\n")
     Path("all_logic").write_text("\n".join(logic) + "\n")
@@ -154,9 +211,11 @@ def report(work: Path, targets: list[str]) -> None:
           f" {'message':>7}  seconds")
     for target in targets:
         folder = work / target
-        chosen = (folder / "patterns").read_text().split()
-        n_logic = len((folder / "all_logic").read_text().split())
-        n_message = len((folder / "message").read_text().split())
+        # Classified again now (the classifier may have learnt since the run): a sampled mutant
+        # now known to be a message mutant leaves the score.
+        logic, message = _split(folder, (folder / "globs").read_text().split())
+        chosen = [n for n in (folder / "patterns").read_text().split() if n in set(logic)]
+        n_logic, n_message = len(logic), len(message)
         results = _meta_results(folder)
         status: Counter = Counter()
         for name in chosen:

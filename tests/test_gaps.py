@@ -426,9 +426,10 @@ def test_settings_that_do_not_decide_captions_keep_the_provenance(override, tmp_
     assert (tmp_path / "captions_config.json").read_bytes() == record
 
 
-# One field per root key, as a user types it: a real ``python run.py`` process each.
-USER_TYPED = ["seed=1", "model@source=tiny_gpt2", f"{T}.weight=3.0", "adapter.fit_dtype=float32",
-              "search.steps=5", "dataset.annotations={targets}"]
+# As a user types it, a real ``python run.py`` process each (~4 s): the root seed, a model, an
+# adapter field and the data (search.steps is in tests/test_errors.py).
+USER_TYPED = ["seed=1", "model@source=tiny_gpt2", "adapter.fit_dtype=float32",
+              "dataset.annotations={targets}"]
 
 
 @pytest.mark.slow
@@ -453,3 +454,65 @@ def test_refused_resume_as_a_user_types_it(entry_env):
         assert "other settings" in lines[0] and _refusal_names(lines[0], key), (override, lines[0])
         assert (folder / "captions_config.json").read_bytes() == record
         assert (folder / "captions.jsonl").read_bytes() == captions
+
+
+# --------------------------------------------------------------------------------------------
+# survivors of bin/mutation (issue 18): fidelity metrics, scoring options
+
+
+def test_fidelity_metrics_edges():
+    import math
+
+    import numpy as np
+
+    from fuse_repro.fidelity_metrics import mean_se, recall_at_k, spearman
+
+    # no states: both NaN (the empty case is returned, not computed)
+    mean, se = mean_se([])
+    assert math.isnan(mean) and math.isnan(se)
+    # k = 1 is the smallest cut-off and valid
+    assert recall_at_k([0.9, 0.1, 0.5], [1.0, 3.0, 2.0], 1) == 1.0
+    assert recall_at_k([0.1, 0.9, 0.5], [1.0, 3.0, 2.0], 1) == 0.0
+    with pytest.raises(ValueError):
+        recall_at_k([0.1, 0.9], [1.0, 3.0], 0)
+    # unsigned integer losses are read as float64 first: negating them must not wrap around
+    losses = np.array([1, 2, 3], dtype=np.uint8)
+    assert spearman([3.0, 2.0, 1.0], losses) == pytest.approx(1.0)
+
+
+def test_scoring_options_from_config_carry_every_value():
+    from omegaconf import OmegaConf
+
+    from fuse_repro.scoring import ScoringOptions
+
+    node = OmegaConf.create({
+        "allow_missing": True, "method": "beam", "label": "ZeroCap", "strip_prefix": "An image of",
+        "sentiment": {"rule": "pos_vs_neg", "batch_size": 7, "max_length": 64, "classifier": "x/y",
+                      "device": "cuda"},
+    })
+    opts = ScoringOptions.from_config(node)
+    assert opts.allow_missing is True and opts.method == "beam" and opts.label == "ZeroCap"
+    assert opts.strip_prefix == "An image of"
+    assert (opts.sentiment_rule, opts.sentiment_batch_size, opts.sentiment_max_length,
+            opts.sentiment_classifier, opts.sentiment_device) == ("pos_vs_neg", 7, 64, "x/y", "cuda")
+    default = ScoringOptions.from_config(None)
+    assert default == ScoringOptions.from_config({}) and default.allow_missing is False
+    # a blank prefix means none
+    for blank in ("", "   "):
+        assert ScoringOptions(strip_prefix=blank).strip_prefix is None
+    assert ScoringOptions(strip_prefix=" x ").strip_prefix == " x "
+
+
+def test_score_captions_file_records_a_foreign_format_only(tmp_path):
+    from fuse_repro.data import Item
+    from fuse_repro.scoring import ScoringOptions, score_captions_file
+
+    items = [Item(id="1", references=["a dog on a beach"]), Item(id="2", references=["a red bus"])]
+    opts = ScoringOptions(metrics=("Bleu",))
+    ours = tmp_path / "ours" / "captions.jsonl"
+    write_jsonl(ours, [{"id": "1", "caption": "a dog"}, {"id": "2", "caption": "a bus"}])
+    assert "captions_format" not in score_captions_file(ours, items, opts)
+    coco = tmp_path / "coco" / "results.json"
+    coco.parent.mkdir()
+    coco.write_text(json.dumps([{"image_id": 1, "caption": "a dog"}, {"image_id": 2, "caption": "a bus"}]))
+    assert score_captions_file(coco, items, opts)["captions_format"] == "coco_results"
