@@ -78,9 +78,23 @@ def set_threads(threads: Any) -> int:
     import torch
 
     n = check_threads(threads)
+    cores = cpu_cores()
+    if n is not None and n > cores:
+        log.warning("threads=%d is more than the %d CPU cores here: torch runs slower with more "
+                    "threads than cores; use threads=%d or less (or threads=null)", n, cores, cores)
     if n is not None and torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return torch.get_num_threads()
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def setup(cfg: Any) -> dict[str, Any]:
