@@ -268,3 +268,88 @@ def test_optimized_metric_is_what_a_sweeper_gets():
     cfg.optimized_metric = "SPIDEr"
     with pytest.raises(ConfigError, match=r"optimized_metric='SPIDEr' is not a result of stage=score"):
         app.optimized_value(cfg, module, result)
+
+
+# --------------------------------------------------------------------------------------------
+# silent success on odd input: one warning line (issue 18)
+
+
+def _warning_lines(out: str, err: str, needle: str) -> list[str]:
+    return [line for line in (out + err).splitlines() if "WARNING" in line and needle in line]
+
+
+def test_more_threads_than_cores_is_one_warning_line(env, capsys, monkeypatch):
+    from fuse_repro import runtime
+
+    monkeypatch.setattr(runtime, "cpu_cores", lambda: 4)
+    code, out, err = run_entry(["stage=table", "threads=1000", "logger=none"], capsys, monkeypatch)
+    assert code == 0, err[-2000:]
+    lines = _warning_lines(out, err, "threads=1000")
+    assert len(lines) == 1, out[-3000:] + err[-3000:]
+    if TEXT_ASSERTIONS:
+        assert "4 CPU cores" in lines[0] and "threads=4 or less" in lines[0]
+    code, out, err = run_entry(["stage=table", "threads=4", "logger=none"], capsys, monkeypatch)
+    assert code == 0 and not _warning_lines(out, err, "CPU cores")
+
+
+def test_more_threads_than_cores_warns_at_the_function(caplog):
+    import torch
+
+    from fuse_repro import runtime
+
+    before = torch.get_num_threads()
+    cores = runtime.cpu_cores()
+    try:
+        with caplog.at_level("WARNING", logger="fuse_repro.runtime"):
+            runtime.set_threads(cores)
+            assert not caplog.records
+            assert runtime.set_threads(cores + 1) == cores + 1
+        assert len(caplog.records) == 1 and caplog.records[0].levelname == "WARNING"
+    finally:
+        torch.set_num_threads(before)
+    assert runtime.cpu_cores() >= 1
+
+
+DEMO_IDS = ["dog_beach", "pizza_table", "city_bus", "cat_sofa", "snow_skier", "kitchen_sink",
+            "train_station", "kite_park"]
+
+
+def test_subset_larger_than_the_dataset_is_one_warning_line(env, capsys, monkeypatch):
+    """``dataset.subset.n=100`` on the 8-item demo set: all 8 are scored, with one warning."""
+    captions = env["root"] / "captions.jsonl"
+    captions.write_text("".join(json.dumps({"id": i, "caption": "a dog on a beach"}) + "\n"
+                                for i in DEMO_IDS))
+    args = ["stage=score", f"scoring.captions={captions}", "scoring.metrics=[Bleu]", "logger=none"]
+    for mode, says in (("first", "dataset.subset.n=8 or less"), ("all", "no effect")):
+        code, out, err = run_entry([*args, f"dataset.subset.mode={mode}", "dataset.subset.n=100"],
+                                   capsys, monkeypatch)
+        assert code == 0, err[-2000:]
+        lines = _warning_lines(out, err, "dataset.subset.n=100")
+        assert len(lines) == 1, out[-3000:]
+        if TEXT_ASSERTIONS:
+            assert "8" in lines[0] and says in lines[0], lines[0]
+    metrics = [json.loads(p.read_text()) for p in env["logs"].rglob("metrics.json")]
+    assert [m["num_scored"] for m in metrics] == [8, 8]
+    code, out, err = run_entry([*args, "dataset.subset.mode=first", "dataset.subset.n=8"],
+                               capsys, monkeypatch)
+    assert code == 0 and not _warning_lines(out, err, "dataset.subset.n")
+
+
+@pytest.mark.parametrize("mode", ["first", "sample"])
+def test_subset_larger_than_the_items_warns_at_the_function(mode, caplog):
+    from fuse_repro.data import Item, select_subset
+
+    items = [Item(id=str(i)) for i in range(8)]
+    with caplog.at_level("WARNING", logger="fuse_repro.data"):
+        assert select_subset(items, mode, n=8, seed=0) == items
+        assert not caplog.records
+        assert select_subset(items, mode, n=9, seed=0) == items
+    assert len(caplog.records) == 1
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fuse_repro.data"):
+        assert select_subset(items, "shard", index=0, count=2) == items[:4]
+        assert select_subset(items, "all") == items
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="fuse_repro.data"):
+        assert select_subset(items, "all", n=3) == items  # n is ignored by mode=all: said so
+    assert len(caplog.records) == 1
