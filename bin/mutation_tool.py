@@ -127,7 +127,7 @@ def _message_argument(path: list, funcs: dict[str, ast.FunctionDef]) -> bool:
         params = [a.arg for a in callee.args.posonlyargs + callee.args.args]
         if field == "args" and index is not None and index < len(params):
             param = params[index]
-        elif field == "keywords" and index is not None:
+        elif field == "keywords" and index is not None and index < len(node.keywords):
             param = node.keywords[index].arg
         else:
             continue

@@ -516,3 +516,54 @@ def test_score_captions_file_records_a_foreign_format_only(tmp_path):
     coco.parent.mkdir()
     coco.write_text(json.dumps([{"image_id": 1, "caption": "a dog"}, {"image_id": 2, "caption": "a bus"}]))
     assert score_captions_file(coco, items, opts)["captions_format"] == "coco_results"
+
+
+# --------------------------------------------------------------------------------------------
+# survivors of bin/mutation (issue 18): records
+
+
+def test_write_text_temp_file_is_a_hidden_tmp_beside_the_target(tmp_path, monkeypatch):
+    """The temp file lies in the target's folder, named ``.<name>.*.tmp`` (hidden, and
+    recognisable as a leftover should a process be killed between write and rename)."""
+    seen = []
+    real = os.replace
+
+    def replace(src, dst):
+        seen.append(Path(src))
+        return real(src, dst)
+
+    monkeypatch.setattr(records.os, "replace", replace)
+    write_text(tmp_path / "metrics.json", "{}\n")
+    (src,) = seen
+    assert src.parent == tmp_path and src.name.startswith(".metrics.json.") and src.suffix == ".tmp"
+
+
+def test_check_writable_creates_missing_parents(tmp_path):
+    from fuse_repro.records import check_writable
+
+    folder = tmp_path / "a" / "b" / "c"
+    assert check_writable(folder) == folder and folder.is_dir()
+    assert list(folder.iterdir()) == []  # the probe file is removed
+
+
+def test_clean_captions_drops_a_torn_tail_on_disk(tmp_path):
+    from fuse_repro.records import append_caption, clean_captions
+
+    path = tmp_path / "captions.jsonl"
+    assert clean_captions(path) == [] and not path.exists()  # nothing to clean, nothing created
+    path.write_text('{"caption": "a dog", "id": "1"}\n{"id": "2", "capt')
+    assert clean_captions(path) == [{"caption": "a dog", "id": "1"}]
+    append_caption(path, {"id": "2", "caption": "a cat"})
+    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["1", "2"]
+
+
+def test_merge_keeps_one_row_per_id_and_method(tmp_path):
+    from fuse_repro.records import merge_captions
+
+    a, b = tmp_path / "a" / "captions.jsonl", tmp_path / "b" / "captions.jsonl"
+    write_jsonl(a, [{"id": "1", "method": "fuse", "caption": "a dog"}])
+    write_jsonl(b, [{"id": "1", "method": "beam", "caption": "a cat"},
+                    {"id": "1", "method": "fuse", "caption": "a dog"}])
+    merged = merge_captions([a, b], tmp_path / "out" / "captions.jsonl")
+    assert [(r["id"], r["method"], r["caption"]) for r in merged] == [
+        ("1", "beam", "a cat"), ("1", "fuse", "a dog")]
