@@ -476,7 +476,7 @@ def test_fidelity_metrics_edges():
     with pytest.raises(ValueError):
         recall_at_k([0.1, 0.9], [1.0, 3.0], 0)
     # unsigned integer losses are read as float64 first: negating them must not wrap around
-    losses = np.array([1, 2, 3], dtype=np.uint8)
+    losses = np.array([0, 1, 2], dtype=np.uint8)  # -0 stays 0, -1 would wrap to 255
     assert spearman([3.0, 2.0, 1.0], losses) == pytest.approx(1.0)
 
 
@@ -567,3 +567,84 @@ def test_merge_keeps_one_row_per_id_and_method(tmp_path):
     merged = merge_captions([a, b], tmp_path / "out" / "captions.jsonl")
     assert [(r["id"], r["method"], r["caption"]) for r in merged] == [
         ("1", "beam", "a cat"), ("1", "fuse", "a dog")]
+
+
+# --------------------------------------------------------------------------------------------
+# survivors of bin/mutation (issue 18): the fitting corpus
+
+
+def test_wordfreq_corpus_is_the_large_list_in_frequency_order():
+    import wordfreq
+
+    from fuse_repro.config.schemas import CorpusConfig
+    from fuse_repro.corpus import load_corpus_words
+
+    words = load_corpus_words(CorpusConfig(kind="wordfreq", lang="en", max_words=1000))
+    assert words == wordfreq.top_n_list("en", 1000, wordlist="large")
+
+
+def _fake_datasets(texts):
+    from types import SimpleNamespace
+
+    calls = []
+
+    def load_dataset(path, name, split):
+        calls.append((path, name, split))
+        return {"text": texts}
+
+    return SimpleNamespace(load_dataset=load_dataset), calls
+
+
+def test_wikitext_corpus_is_lower_cased_distinct_and_capped(monkeypatch):
+    from fuse_repro import corpus
+    from fuse_repro.config.schemas import CorpusConfig
+
+    module, calls = _fake_datasets(["The Cat sat", " on The mat ", ""])
+    monkeypatch.setattr(corpus, "_datasets_module", lambda: module)
+    cfg = CorpusConfig(kind="wikitext", name="wikitext-2-raw-v1", max_words=3)
+    assert corpus.load_corpus_words(cfg) == ["the", "cat", "sat"]
+    assert calls == [("Salesforce/wikitext", "wikitext-2-raw-v1", "train")]
+    uncapped = CorpusConfig(kind="wikitext", name="wikitext-2-raw-v1")
+    assert corpus.load_corpus_words(uncapped) == ["the", "cat", "sat", "on", "mat"]
+
+
+def test_wikitext_stand_in_only_for_random_weights(monkeypatch):
+    import wordfreq
+
+    from fuse_repro import corpus
+    from fuse_repro.config.schemas import CorpusConfig
+
+    def unavailable():
+        raise corpus.CorpusError("no datasets package. Install it")
+
+    monkeypatch.setattr(corpus, "_datasets_module", unavailable)
+    cfg = CorpusConfig(kind="wikitext", max_words=50)
+    with pytest.raises(corpus.CorpusError):
+        corpus.fitting_corpus(cfg)
+    words, identity = corpus.fitting_corpus(cfg, random_weights=True)
+    assert words == wordfreq.top_n_list("en", 50, wordlist="large")
+    assert identity["stand_in_for"] == "wikitext"
+    stand_in = CorpusConfig(kind="wordfreq", lang="en", max_words=50)
+    assert {k: v for k, v in identity.items() if k != "stand_in_for"} == \
+        corpus.corpus_identity(stand_in, words)
+
+
+def test_buckets_short_of_words_keep_a_tenth_held_out(toy):
+    """A bucket with fewer candidates than N + held-out draws at most a tenth of them as
+    held-out words and fills the fit from the rest; phase timings are named."""
+    from fuse_repro.corpus import make_buckets
+
+    src, tgt = toy.source.tokenizer, toy.target.tokenizer
+    full = make_buckets(toy.words, src, tgt, 4, 100000, 0, 0)
+    c = full[1].candidates
+    assert c >= 20
+    timings: dict[str, float] = {}
+    tenth = c // 10
+    held = tenth + 12  # more than a tenth asked for; N + held > c > N - held
+    short = make_buckets(toy.words, src, tgt, 4, c - tenth, held, 0, timings=timings)
+    assert short[1].candidates == c
+    assert len(short[1].held_src) <= tenth
+    assert len(short[1].fit_src) == c - tenth  # the held-out tenth leaves room for N
+    assert set(timings) == {"tokenize source", "tokenize target"}
+    roomy = make_buckets(toy.words, src, tgt, 4, c // 2, 3, 0)
+    assert len(roomy[1].held_src) == 3 and len(roomy[1].fit_src) == c // 2
