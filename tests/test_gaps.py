@@ -648,3 +648,47 @@ def test_buckets_short_of_words_keep_a_tenth_held_out(toy):
     assert set(timings) == {"tokenize source", "tokenize target"}
     roomy = make_buckets(toy.words, src, tgt, 4, c // 2, 3, 0)
     assert len(roomy[1].held_src) == 3 and len(roomy[1].fit_src) == c // 2
+
+
+# --------------------------------------------------------------------------------------------
+# survivors of bin/mutation (issue 18): provenance
+
+
+def test_differences_name_keys_on_one_side_only():
+    from fuse_repro.provenance import _differences
+
+    assert _differences({}, {"a": None}) == ["a: '<unset>' -> None"]
+    assert _differences({"a": None}, {}) == ["a: None -> '<unset>'"]
+    assert _differences({"a": 1, "b": 2}, {"a": 1, "b": 3}) == ["b: 2 -> 3"]
+    assert _differences({"a": 1}, {"a": 1}) == []
+
+
+def test_a_mixed_folder_stays_mixed(tmp_path):
+    """A folder marked mixed (resume=force once) keeps the mark: with its captions emptied, and
+    when rerun with the settings it last had (accepted without force, each line stamped)."""
+    from fuse_repro.provenance import check_provenance, fields_hash
+    from fuse_repro.records import read_provenance
+
+    six, three = {"search.steps": 6}, {"search.steps": 3}
+    captions = tmp_path / "captions.jsonl"
+    check_provenance(tmp_path, six)
+    captions.write_text('{"caption": "a dog", "id": "1"}\n')
+    assert check_provenance(tmp_path, three, "force") == fields_hash(three)
+    assert read_provenance(tmp_path)["mixed"] is True
+    assert json.loads(captions.read_text())["config_hash"] == fields_hash(six)
+    # the same settings as last time, without force: accepted, still mixed, lines stamped
+    assert check_provenance(tmp_path, three) == fields_hash(three)
+    record = read_provenance(tmp_path)
+    assert record["mixed"] is True and record["hash"] == fields_hash(three)
+    assert record["previous"] == [fields_hash(six)]
+    # other settings again: refused
+    with pytest.raises(records.ProvenanceError):
+        check_provenance(tmp_path, {"search.steps": 4})
+    # emptied captions: the record is rewritten for the new settings but stays mixed
+    captions.write_text("")
+    assert check_provenance(tmp_path, {"search.steps": 4}) == fields_hash({"search.steps": 4})
+    assert read_provenance(tmp_path)["mixed"] is True
+    # an unmixed folder without captions takes new settings without a stamp
+    fresh = tmp_path / "fresh"
+    assert check_provenance(fresh, six) is None and "mixed" not in read_provenance(fresh)
+    assert check_provenance(fresh, three) is None  # no captions yet: nothing to protect
