@@ -692,3 +692,59 @@ def test_a_mixed_folder_stays_mixed(tmp_path):
     fresh = tmp_path / "fresh"
     assert check_provenance(fresh, six) is None and "mixed" not in read_provenance(fresh)
     assert check_provenance(fresh, three) is None  # no captions yet: nothing to protect
+
+
+def test_force_keeps_the_hash_a_line_already_carries(tmp_path):
+    """Lines that carry a config_hash (merged from stamped shards) keep it when the folder is
+    first mixed; unstamped lines get the folder's old hash."""
+    from fuse_repro.provenance import check_provenance, fields_hash
+
+    captions = tmp_path / "captions.jsonl"
+    check_provenance(tmp_path, {"search.steps": 6})
+    write_jsonl(captions, [{"id": "1", "caption": "a", "config_hash": "abc"}, {"id": "2", "caption": "b"}])
+    check_provenance(tmp_path, {"search.steps": 3}, "force")
+    stamps = [json.loads(line)["config_hash"] for line in captions.read_text().splitlines()]
+    assert stamps == ["abc", fields_hash({"search.steps": 6})]
+
+
+# --------------------------------------------------------------------------------------------
+# survivors of bin/mutation (issue 18): the adapter fit
+
+
+def test_the_same_model_is_the_identity_adapter(toy, tmp_path):
+    from fuse_repro.adapter import adapter_kind
+
+    assert adapter_kind(toy.source, toy.source) == "identity"
+    cfg = toy_adapter_config(tmp_path, toy.words[:50])
+    same = fit_adapter(toy.source, toy.source, cfg, tmp_path / "cache")
+    assert same.kind == "identity" and same.maps == {} and same.path is None
+    assert not (tmp_path / "cache").exists()  # nothing fitted, nothing cached
+
+
+def test_fit_timings_name_every_phase(toy, tmp_path):
+    cfg = toy_adapter_config(tmp_path, toy.words[:300], heldout_words=5)
+    fitted = fit_adapter(toy.source, toy.target, cfg, tmp_path / "cache")
+    assert set(fitted.timings) == {"corpus", "tokenize source", "tokenize target", "word tensors",
+                                   "solve (tlstsq)", "residuals", "cache"}
+    assert all(v >= 0 for v in fitted.timings.values())
+    hit = fit_adapter(toy.source, toy.target, cfg, tmp_path / "cache")
+    assert hit.from_cache and set(hit.timings) == {"corpus", "cache"}
+
+
+def test_fit_fuse_maps_defaults_to_the_tables_device(toy, tmp_path):
+    from fuse_repro.adapter import fit_fuse_maps
+
+    cfg = toy_adapter_config(tmp_path, toy.words[:300])
+    maps, report, depths = fit_fuse_maps(toy.source, toy.target, cfg, toy.words[:300])
+    assert maps and all(m.device == toy.source.table.device for m in maps.values())
+    assert sorted(depths) == sorted(maps) and len(report["buckets"]) == cfg.max_tokens
+
+
+def test_relative_residual_of_one_entry_and_of_nothing():
+    import math
+
+    from fuse_repro.adapter import relative_residual
+
+    assert relative_residual(torch.tensor([[1.0]]), torch.tensor([[2.0]])) == 0.5
+    assert math.isnan(relative_residual(torch.zeros(0, 3), torch.zeros(0, 3)))
+    assert math.isnan(relative_residual(torch.ones(2), torch.zeros(2)))
