@@ -11,8 +11,9 @@ Mutants are split in two classes by where the planted change sits in the mutated
   arguments of an exception constructor (a call to a name ending in ``Error``, ``Exception``
   or ``Warning``), a logging call (``log.* / logger.* / logging.*``), ``warnings.warn``,
   ``print`` or an ``assert``'s message, or an argument of a call to a function of the same
-  module whose parameter is read only in such places (``_vector(values, "true loss")``). A test
-  that pins the text kills them by construction, so they are counted apart and not run;
+  module whose parameter is read only in such places (``_vector(values, "true loss")``), or the
+  value of a local variable read only in such places (``fix = "..."``). A test that pins the
+  text kills them by construction, so they are counted apart and not run;
 - **logic** mutants are everything else. They are run with message matching switched off
   (``FUSE_MUTATION_LOGIC=1``, see ``tests/conftest.py``): ``pytest.raises(match=...)`` checks
   the exception type only, ``assert_one_line`` checks exit code and shape but not its needles,
@@ -115,6 +116,20 @@ def message_params(func: ast.FunctionDef) -> set[str]:
     return out
 
 
+def _message_local(path: list, func: ast.AST) -> bool:
+    """Does the change sit in the value of ``name = ...`` where ``name`` is read only inside
+    message contexts of ``func`` (``fix = "..."`` later put into an error)?"""
+    for node, field, _ in path:
+        if (isinstance(node, ast.Assign) and field == "value" and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)):
+            name = node.targets[0].id
+            loads = [n for n in ast.walk(func) if isinstance(n, ast.Name) and n.id == name
+                     and isinstance(n.ctx, ast.Load)]
+            if loads and all(_in_message(n, func) for n in loads):
+                return True
+    return False
+
+
 def _message_argument(path: list, funcs: dict[str, ast.FunctionDef]) -> bool:
     """Does the change sit in an argument that the called module function only puts into
     messages (``_vector(values, "true loss")`` where ``name`` is only used in its errors)?"""
@@ -155,7 +170,7 @@ def classify(mutants_file: Path) -> dict[str, str]:
             out[name] = "logic"
             continue
         message = (any(_is_message_context(n, f) for n, f, _ in path)
-                   or _message_argument(path, funcs))
+                   or _message_argument(path, funcs) or _message_local(path, b))
         out[name] = "message" if message else "logic"
     return out
 
