@@ -3,8 +3,9 @@ mutation score of ``fuse_repro/objectives.py`` with fast tests; the real-model t
 ``tests/test_search.py``).
 
 Glossary: B candidates, S tokens (padded per chunk), h hidden size, C classes, e features.
-The stub encoder's hidden states are ``tanh(embeds @ W)`` (B, S, h); the stub classifier's
-logits are the masked mean of ``embeds @ Wc`` (B, C); the stub bridge looks candidates up in
+The stub encoder's hidden states are ``tanh((embeds + mean of the real tokens) @ W)``
+(B, S, h), so the attention mask matters as in a transformer; the stub classifier's logits are
+their masked mean (B, C); the stub bridge looks candidates up in
 the target table (right padding with a pad row that is not zero, so an unmasked mean is wrong).
 """
 
@@ -62,10 +63,12 @@ class StubModel:
         return self.table[ids]
 
     def forward_embeds(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        hidden = torch.tanh(embeds @ self.head)  # (B, S, h) or (B, S, C)
+        # Like attention, every position sees the mean of the real (unmasked) tokens.
+        m = mask.to(embeds.dtype).unsqueeze(-1)  # (B, S, 1)
+        context = (embeds * m).sum(1, keepdim=True) / m.sum(1, keepdim=True)  # (B, 1, d)
+        hidden = torch.tanh((embeds + context) @ self.head)  # (B, S, h) or (B, S, C)
         if not self.classifier:
             return hidden
-        m = mask.to(hidden.dtype).unsqueeze(-1)  # (B, S, 1)
         return (hidden * m).sum(1) / m.sum(1)  # (B, C)
 
 
@@ -83,10 +86,15 @@ class StubBridge:
         return TargetBatch(self.model.table[padded], mask, full, [""] * len(full))
 
 
+def _ref_hidden(model: StubModel, full: list[int]) -> torch.Tensor:
+    """float64 reference: the stub's hidden states of one unpadded sequence, (S, h)."""
+    x = model.table[full]  # (S, d)
+    return torch.tanh((x + x.mean(0)) @ model.head)
+
+
 def _ref_hidden_mean(model: StubModel, ids: list[int]) -> torch.Tensor:
-    """float64 reference: the mean hidden state over the real tokens of one sequence."""
-    full = [0, *ids, 1]
-    return torch.tanh(model.table[full] @ model.head).mean(0)  # (h,)
+    """The mean hidden state over the real tokens of one sequence, (h,)."""
+    return _ref_hidden(model, [0, *ids, 1]).mean(0)
 
 
 CANDIDATES = [[3], [2, 3, 5, 7], [4, 5], [2, 3, 5, 7, 6, 8]]  # mixed lengths: padding per chunk
@@ -148,8 +156,7 @@ def test_sentiment_is_the_cross_entropy_of_the_wanted_label():
     assert obj.label == 2
     got = obj.evaluate(CANDIDATES, 3)
     for c, loss in zip(CANDIDATES, got):
-        full = [0, *c, 1]
-        logits = torch.tanh(model.table[full] @ model.head).mean(0)  # (C,)
+        logits = _ref_hidden(model, [0, *c, 1]).mean(0)  # (C,)
         assert loss.item() == pytest.approx(-torch.log_softmax(logits, 0)[2].item(), abs=1e-6)
     with pytest.raises(ObjectiveError):
         Sentiment(model, StubBridge(model), 1.0).prepare(SimpleNamespace(id="x"))
@@ -172,7 +179,7 @@ class StubClip(StubModel):
         return pixels.mean((0, 1))  # (3,)
 
     def forward_embeds(self, embeds, mask):  # (B, S, d) -> (B, h): the text tower at EOS
-        hidden = torch.tanh(embeds @ self.head)
+        hidden = super().forward_embeds(embeds, mask)
         last = mask.sum(1) - 1
         return hidden[torch.arange(len(last)), last]
 
@@ -194,7 +201,7 @@ def test_clip_image_similarity_reads_the_image_once_from_memory_or_file(tmp_path
     assert torch.allclose(in_memory.double(), feats / feats.norm(), atol=1e-6)
     got = obj.evaluate(CANDIDATES, 2)
     for c, loss in zip(CANDIDATES, got):
-        text = torch.tanh(model.table[[0, *c, 1]] @ model.head)[-1]  # at EOS
+        text = _ref_hidden(model, [0, *c, 1])[-1]  # at EOS
         want = 1.0 - torch.nn.functional.cosine_similarity(text, feats, dim=0).item()
         assert loss.item() == pytest.approx(want, abs=1e-6)
     (tmp_path / "bad.png").write_bytes(b"not an image")
