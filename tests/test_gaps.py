@@ -748,3 +748,17 @@ def test_relative_residual_of_one_entry_and_of_nothing():
     assert relative_residual(torch.tensor([[1.0]]), torch.tensor([[2.0]])) == 0.5
     assert math.isnan(relative_residual(torch.zeros(0, 3), torch.zeros(0, 3)))
     assert math.isnan(relative_residual(torch.ones(2), torch.zeros(2)))
+
+
+# --------------------------------------------------------------------------------------------
+# survivors of bin/mutation (issue 18): config
+
+
+def test_schema_at_walks_optionals_and_dicts_of_schemas():
+    from fuse_repro.config.schemas import SearchConfig, TermConfig
+    from fuse_repro.config.store import _schema_at
+
+    assert _schema_at("search") is SearchConfig
+    assert _schema_at("objective.terms.clip") is TermConfig  # Dict[str, TermConfig]: key skipped
+    assert _schema_at("objective.terms.clip.kind") is None  # a leaf, not a schema
+    assert _schema_at("nope") is None
