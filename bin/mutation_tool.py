@@ -151,10 +151,12 @@ def _message_argument(path: list, funcs: dict[str, ast.FunctionDef]) -> bool:
     return False
 
 
-def classify(mutants_file: Path) -> dict[str, str]:
-    """``{mutant function name: "message" | "logic"}`` for one mutated source file."""
+def classify(mutants_file: Path, others: dict[str, ast.FunctionDef] | None = None) -> dict[str, str]:
+    """``{mutant function name: "message" | "logic"}`` for one mutated source file; ``others``:
+    the original functions of the target's other files (a helper imported from a sibling)."""
     tree = ast.parse(mutants_file.read_text(encoding="utf-8"))
     funcs = {n.name: n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    funcs = {**(others or {}), **funcs}
     out = {}
     for name, node in funcs.items():
         if "__mutmut_" not in name or name.endswith("__mutmut_orig"):
@@ -185,10 +187,15 @@ def _meta_results(folder: Path = Path(".")) -> dict[str, int | None]:
 def _split(folder: Path, globs: list[str]) -> tuple[list[str], list[str]]:
     """The target's (logic, message) mutant names, sorted."""
     kinds: dict[str, str] = {}
-    for meta in (folder / "mutants").rglob("*.py.meta"):
-        src = meta.with_suffix("")  # mutants/fuse_repro/x.py
+    sources = [meta.with_suffix("") for meta in (folder / "mutants").rglob("*.py.meta")]
+    originals: dict[str, ast.FunctionDef] = {}
+    for src in sources:  # the original of every mutated function, for calls across files
+        for n in ast.walk(ast.parse(src.read_text(encoding="utf-8"))):
+            if isinstance(n, ast.FunctionDef) and n.name.endswith("__mutmut_orig"):
+                originals[n.name] = n
+    for src in sources:  # mutants/fuse_repro/x.py
         module = ".".join(src.relative_to(folder / "mutants").with_suffix("").parts)
-        for func, kind in classify(src).items():
+        for func, kind in classify(src, originals).items():
             kinds[f"{module}.{func}"] = kind
     names = sorted(k for k in _meta_results(folder) if any(fnmatch.fnmatch(k, g) for g in globs))
     missing = [n for n in names if n not in kinds]

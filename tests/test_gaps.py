@@ -762,3 +762,4 @@ def test_schema_at_walks_optionals_and_dicts_of_schemas():
     assert _schema_at("objective.terms.clip") is TermConfig  # Dict[str, TermConfig]: key skipped
     assert _schema_at("objective.terms.clip.kind") is None  # a leaf, not a schema
     assert _schema_at("nope") is None
+
