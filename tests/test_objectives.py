@@ -147,6 +147,7 @@ def test_text_similarity_needs_a_target_and_prepare_first():
 def test_sentiment_is_the_cross_entropy_of_the_wanted_label():
     model = StubModel(_rand(D, C, seed=3), classifier=True)
     obj = Sentiment(model, StubBridge(model), weight=1.0, sentiment="negative")
+    assert (obj.name, obj.needs, obj.metrics) == ("sentiment", None, ("cross_entropy",))
     assert obj.label_index("POSITIVE") == 2 and obj.label_index("negative") == 0
     with pytest.raises(ObjectiveError):
         obj.label_index("angry")
