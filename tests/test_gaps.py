@@ -470,6 +470,9 @@ def test_fidelity_metrics_edges():
     # no states: both NaN (the empty case is returned, not computed)
     mean, se = mean_se([])
     assert math.isnan(mean) and math.isnan(se)
+    mean, se = mean_se([2.0])  # one state: its value, no standard error
+    assert mean == 2.0 and math.isnan(se)
+    assert mean_se([1.0, 3.0]) == pytest.approx((2.0, 1.0))
     # k = 1 is the smallest cut-off and valid
     assert recall_at_k([0.9, 0.1, 0.5], [1.0, 3.0, 2.0], 1) == 1.0
     assert recall_at_k([0.1, 0.9, 0.5], [1.0, 3.0, 2.0], 1) == 0.0
