@@ -69,13 +69,9 @@ def load_corpus_words(cfg: CorpusConfig) -> list[str]:
     elif cfg.kind == "text_file":
         if not cfg.path:
             raise CorpusError("adapter.corpus.kind=text_file needs adapter.corpus.path")
-        path = Path(cfg.path)
-        if not path.is_file():
-            raise CorpusError(f"corpus file {path} does not exist")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as err:
-            raise CorpusError(f"corpus file {path} is not UTF-8 text: {err}") from err
+        from fuse_repro.records import read_user_text
+
+        text = read_user_text(cfg.path, "corpus file", _TEXT_FILE_FIX, CorpusError)
         words = distinct_words(text.splitlines(), cfg.max_words)
     elif cfg.kind == "wikitext":
         datasets = _datasets_module()
@@ -118,6 +114,32 @@ def check_corpus(cfg: CorpusConfig, *, random_weights: bool = False) -> None:
     unless the run has random weights (then ``fitting_corpus`` may stand wordfreq in)."""
     if cfg.kind == "wikitext" and not random_weights:
         _datasets_module()
+    if cfg.kind == "text_file" and cfg.path:
+        _check_text_file(cfg.path)
+
+
+_TEXT_FILE_FIX = "set adapter.corpus.path to a UTF-8 text file of words (or adapter.corpus.kind=wordfreq)"
+
+
+def _check_text_file(path: str | Path, probe: int = 1 << 20) -> None:
+    """The corpus file exists, is a file and its first ``probe`` bytes are UTF-8 text (the
+    whole file is decoded when the fit reads it): one CorpusError line otherwise."""
+    import codecs
+
+    from fuse_repro.records import read_user_text
+
+    p = Path(path)
+    if not p.is_file():
+        read_user_text(p, "corpus file", _TEXT_FILE_FIX, CorpusError)  # raises: missing, folder
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(probe)
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < probe)
+    except UnicodeDecodeError:
+        read_user_text(p, "corpus file", _TEXT_FILE_FIX, CorpusError)  # the one-line error
+    except OSError as err:
+        raise CorpusError(f"cannot read corpus file {str(p)!r}: {err.strerror or err}; "
+                          f"{_TEXT_FILE_FIX}") from None
 
 
 def fitting_corpus(

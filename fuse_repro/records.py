@@ -181,6 +181,45 @@ def check_writable(folder: str | Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
+# reading files a user points at
+
+
+def read_user_text(path: str | Path, what: str, fix: str,
+                   error: type[FuseError] = RecordsError) -> str:
+    """The UTF-8 text of ``path``, or one ``error`` line naming the file, what is wrong with
+    it (missing, a folder, not UTF-8 text: binary or another encoding, unreadable) and ``fix``
+    -- never a decoder traceback. ``what``: the file's role ("captions file", ...)."""
+    p = Path(path)
+    if p.is_dir():
+        raise error(f"{what} {str(p)!r} is a folder, not a file; {fix}")
+    if not p.is_file():
+        raise error(f"{what} {str(p)!r} not found; {fix}")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise error(f"{what} {str(p)!r} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at "
+                    f"offset {err.start}: a binary file, or text in another encoding); "
+                    f"{fix}") from None
+    except OSError as err:
+        raise error(f"cannot read {what} {str(p)!r}: {err.strerror or type(err).__name__}; "
+                    f"{fix}") from None
+
+
+def parse_json(text: str, path: str | Path, what: str, fix: str,
+               error: type[FuseError] = RecordsError) -> Any:
+    """``json.loads(text)`` of the file ``path``, or one ``error`` line naming the file, where
+    the JSON breaks (a truncated file ends early) and ``fix``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        tail = text.rstrip()
+        ending = (" (it ends early: truncated?)" if err.lineno == tail.count("\n") + 1
+                  and not tail.endswith(("]", "}")) else "")
+        raise error(f"{what} {str(path)!r} is not valid JSON: {err.msg} at line {err.lineno} "
+                    f"column {err.colno}{ending}; {fix}") from None
+
+
+# --------------------------------------------------------------------------------------------
 # JSONL
 
 
@@ -190,7 +229,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     p = Path(path)
     if not p.exists():
         return []
-    lines = p.read_text(encoding="utf-8").splitlines()
+    lines = read_user_text(p, "JSONL file", "it must hold one JSON object per line").splitlines()
     records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -246,15 +285,10 @@ def read_captions(path: str | Path) -> CaptionFile:
     ``id``); otherwise it is JSONL with one ``{"id", "caption", ...}`` object per line.
     """
     p = Path(path)
-    if not p.is_file():
-        raise RecordsError(f"captions file {str(p)!r} not found; set scoring.captions=<a "
-                           "captions.jsonl or a COCO results JSON file>")
-    text = p.read_text(encoding="utf-8")
+    fix = "set scoring.captions=<a captions.jsonl or a COCO results JSON file>"
+    text = read_user_text(p, "captions file", fix)
     if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise RecordsError(f"{p}: not a valid JSON results list ({exc})") from None
+        data = parse_json(text, p, "COCO results file", fix)
         rows = []
         for n, obj in enumerate(data):
             if not isinstance(obj, dict) or "image_id" not in obj or not isinstance(
@@ -413,9 +447,11 @@ def write_metrics(folder: str | Path, metrics: Mapping[str, Any],
 def read_provenance(folder: str | Path) -> dict[str, Any] | None:
     """The ``captions_config.json`` of a folder (``{hash, fields, mixed?}``), or None."""
     p = Path(folder) / PROVENANCE_NAME
-    if not p.is_file():
+    if not p.exists():
         return None
-    data = json.loads(p.read_text(encoding="utf-8"))
+    fix = "it is written by the caption stage: restore it, or use a new run folder"
+    data = parse_json(read_user_text(p, "provenance record", fix, ProvenanceError), p,
+                      "provenance record", fix, ProvenanceError)
     return data if isinstance(data, dict) else None
 
 
@@ -436,7 +472,8 @@ def read_run_info(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if p.is_dir():
         p = p / RUN_INFO_NAME
-    data = json.loads(p.read_text(encoding="utf-8"))
+    fix = "it is written by every run: restore it, or move that run folder out of the way"
+    data = parse_json(read_user_text(p, "run record", fix), p, "run record", fix)
     if not isinstance(data, dict):
         raise RecordsError(f"{p}: run_info.json must be a JSON object, got {type(data).__name__}")
     return data

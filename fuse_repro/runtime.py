@@ -65,9 +65,23 @@ def set_threads(threads: int | None) -> int:
     """Set torch's intra-op thread count (``None`` keeps the default); returns the count used."""
     import torch
 
+    cores = cpu_cores()
+    if threads is not None and threads > cores:
+        log.warning("threads=%d is more than the %d CPU cores here: torch runs slower with more "
+                    "threads than cores; use threads=%d or less (or threads=null)", threads, cores, cores)
     if threads is not None and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def setup(seed: int, threads: int | None) -> dict[str, Any]:

@@ -12,6 +12,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# False in mutation testing's logic mode (bin/mutation, FUSE_MUTATION_LOGIC=1): assertions on
+# message text are then skipped, so a mutant is only killed by a test failing on something else.
+TEXT_ASSERTIONS = os.environ.get("FUSE_MUTATION_LOGIC") != "1"
+
 
 def run_py(
     args: list[str], env: dict[str, str], timeout: int = 240, expect_ok: bool = True

@@ -310,7 +310,7 @@ def test_empty_and_missing_corpus(tmp_path):
     empty.write_text("  \n\n", encoding="utf-8")
     with pytest.raises(CorpusError, match="holds no words"):
         load_corpus_words(CorpusConfig(kind="text_file", path=str(empty)))
-    with pytest.raises(CorpusError, match="does not exist"):
+    with pytest.raises(CorpusError, match="not found"):
         load_corpus_words(CorpusConfig(kind="text_file", path=str(tmp_path / "nope.txt")))
     with pytest.raises(CorpusError, match="needs adapter.corpus.path"):
         load_corpus_words(CorpusConfig(kind="text_file"))

@@ -171,7 +171,7 @@ def test_missing_file_error_names_file_expectation_and_source(tmp_path):
 
 
 @pytest.mark.parametrize("reader,content,pattern", [
-    (read_karpathy, "{not json", r"invalid JSON"),
+    (read_karpathy, "{not json", r"not valid JSON"),
     (read_karpathy, '[{"filename": "x.jpg"}]', r"no 'images' list"),
     (read_karpathy, '{"images": [{"split": "test"}]}', r"image entry 0 lacks 'filename'"),
     (read_coco_captions, '{"images": []}', r"no 'images'/'annotations' lists"),

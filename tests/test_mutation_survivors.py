@@ -482,3 +482,38 @@ def test_fuse_bridge_outputs_defaults_paths_and_messages():
     bad = dataclasses.replace(adapter, maps={1: torch.zeros(pair.source.dim + 1, pair.target.dim, 1)})
     with pytest.raises(AssertionError, match="map 1"):
         Bridge(pair.source, pair.target, bad)
+
+
+# ---------------------------------------------------------------------------- search/lm.py (issue 18)
+
+
+def test_allowed_token_mask_is_computed_once_per_model_and_mode(tiny_gpt2):
+    """The mask is cached on the model: the same tensor comes back, per printable_only mode."""
+    from fuse_repro.search.lm import allowed_token_mask
+
+    first = allowed_token_mask(tiny_gpt2, printable_only=True)
+    assert allowed_token_mask(tiny_gpt2, printable_only=True) is first
+    everything = allowed_token_mask(tiny_gpt2, printable_only=False)
+    assert everything is not first and bool((everything | ~first).all())
+    assert allowed_token_mask(tiny_gpt2, printable_only=False) is everything
+
+
+def test_cache_keyword_of_old_and_new_transformers():
+    from fuse_repro.search.lm import cache_keyword
+
+    class Old:
+        def forward(self, input_ids, past_key_values=None, use_cache=False):
+            return None
+
+    class New:
+        def forward(self, input_ids, cache=None, past_key_values=None):
+            return None
+
+    class Neither:
+        def forward(self, input_ids):
+            return None
+
+    assert cache_keyword(Old()) == "past_key_values"
+    assert cache_keyword(New()) == "cache"
+    with pytest.raises(TypeError):
+        cache_keyword(Neither())

@@ -13,6 +13,7 @@ function, an entry in ``_READERS`` and its name in ``fuse_repro.config.DATASET_F
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ from fuse_repro.data.readers import (
 )
 from fuse_repro.data.synthetic import read_synthetic_images
 from fuse_repro.records import id_sort_key
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FORMATS", "IMAGE_EXTENSIONS", "NOCAPS_DOMAINS", "SENTIMENTS", "SOURCES", "SUBSET_MODES",
@@ -78,7 +81,15 @@ def apply_subset(items: Sequence[Item], subset: SubsetConfig) -> list[Item]:
     """``select_subset`` for a validated ``SubsetConfig``."""
     items = list(items)
     if subset.mode == "all":
+        if subset.n is not None:
+            log.warning("dataset.subset.n=%d has no effect with dataset.subset.mode=all: all %d "
+                        "items are used (add dataset.subset.mode=first or sample to use n)",
+                        subset.n, len(items))
         return items
+    if subset.mode in ("first", "sample") and subset.n is not None and subset.n > len(items):
+        log.warning("dataset.subset.n=%d asks for more items than the dataset's %d: all %d are "
+                    "used (set dataset.subset.n=%d or less, or dataset.subset.mode=all)",
+                    subset.n, len(items), len(items), len(items))
     if subset.mode == "first":
         return items[: subset.n]
     if subset.mode == "sample":

@@ -8,13 +8,12 @@ which one.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fuse_repro.errors import FuseError
+from fuse_repro.errors import FuseError, one_line
 from fuse_repro.sentiment import SENTIMENTS
 NOCAPS_DOMAINS = ("in-domain", "near-domain", "out-domain")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -58,6 +57,11 @@ SOURCES = {
 class DatasetError(FuseError, ValueError):
     """A dataset file or dataset config is missing or malformed."""
 
+
+class ImageReadError(FuseError, OSError):
+    """One item's image cannot be read (corrupt, truncated, not an image, a folder): an
+    ``OSError``, so the caption stage fails that item alone and lists it in errors.jsonl."""
+
 @dataclass
 class Item:
     """One evaluation example.
@@ -89,8 +93,13 @@ class Item:
             return self.image.convert("RGB")
         if not self.image_path:
             raise DatasetError(f"item {self.id!r} has no image (no image_path, none in memory)")
-        with Image.open(Path(self.image_path)) as img:
-            return img.convert("RGB")
+        try:
+            with Image.open(Path(self.image_path)) as img:
+                return img.convert("RGB")
+        except OSError as err:  # PIL's UnidentifiedImageError, a truncated file, a folder
+            raise ImageReadError(
+                f"image {self.image_path} of item {self.id!r} cannot be read ({one_line(err)}); "
+                "replace or remove the file") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,18 +115,20 @@ def _fail(path: Path | str, expected: str, fmt: str, problem: str) -> DatasetErr
 
 def _load_json(path: str | Path, fmt: str, expected: str) -> Any:
     """Read a JSON file, turning a missing file or bad JSON into a DatasetError naming it."""
+    from fuse_repro.records import parse_json, read_user_text
+
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise DatasetError(
             f"dataset file {str(p)!r} not found (format {fmt!r}; expected {expected}). "
             f"Official copy: {SOURCES[fmt]}. Set the path in the dataset config "
             f"(paths are under paths.data_dir, env FUSE_DATA_DIR)."
         )
-    try:
-        with p.open(encoding="utf-8") as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise _fail(p, expected, fmt, f"invalid JSON ({exc})") from exc
+    # A folder, a binary or non-UTF-8 file, a truncated JSON: one line naming the file.
+    fix = (f"point dataset.annotations at the {fmt} JSON file (expected {expected}). "
+           f"Official copy: {SOURCES[fmt]}")
+    return parse_json(read_user_text(p, "dataset file", fix, DatasetError), p, "dataset file",
+                      fix, DatasetError)
 
 
 def _require(cond: bool, path: Path | str, expected: str, fmt: str, problem: str) -> None:
