@@ -299,6 +299,9 @@ TEXT_VARIANTS: dict[str, list[str]] = {
     "search.lm_term": ["search.lm_term=prefix_and_generated"],
     "search.returned": ["search.returned=best_step"],
     "search.slot_init": ["search.slot_init=token_zero"],
+    "search.prefix_cache": ["search.prefix_cache=false"],
+    "search.items_per_step": ["search.items_per_step=2"],
+    "search.eval_dtype": ["search.eval_dtype=bfloat16"],
     "dataset.name": ["dataset.name=other_targets"],
     "dataset.format": ["dataset.format=embedded_refs"],
     # another file with other content (the same content elsewhere may count as the same data)
@@ -321,26 +324,28 @@ SYNTHETIC_VARIANTS: dict[str, list[str]] = {
 
 
 def _compose(overrides: list[str]):
+    """The typed root config a ``stage=caption <overrides>`` command line validates to."""
     from hydra import compose
     from hydra.core.global_hydra import GlobalHydra
 
+    from fuse_repro.config import validate
     from tests.helpers import REPO
 
     if not GlobalHydra.instance().is_initialized():
         from hydra import initialize_config_dir
 
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            return compose("config", overrides=["stage=caption", *overrides])
-    return compose("config", overrides=["stage=caption", *overrides])
+            return validate(compose("config", overrides=["stage=caption", *overrides]), output_dir="/unused")
+    return validate(compose("config", overrides=["stage=caption", *overrides]), output_dir="/unused")
 
 
 def _caption_folder(folder: Path, base: list[str], fields: dict | None = None) -> tuple[dict, bytes, bytes]:
     """A run folder holding one caption made with the ``base`` settings (as an interrupted run
     leaves it): its provenance record, and the bytes of the record and the captions."""
-    from fuse_repro.provenance import check_provenance, results_fields
+    from fuse_repro.provenance import record_provenance, results_fields
 
     fields = results_fields(_compose(base)) if fields is None else fields
-    check_provenance(folder, fields)
+    record_provenance(folder, fields, "check")
     (folder / "captions.jsonl").write_text('{"caption": "a dog", "id": "dog_beach"}\n')
     return fields, (folder / "captions_config.json").read_bytes(), (folder / "captions.jsonl").read_bytes()
 
@@ -401,7 +406,7 @@ def _check_variants(base, variants, tmp_path, targets, corpus) -> None:
         changed = sorted(k for k in set(fields) | set(new) if fields.get(k, "<unset>") != new.get(k, "<unset>"))
         assert any(k.startswith(key) for k in changed), (key, changed)
         with pytest.raises(ProvenanceError, match="other settings"):
-            check_provenance(folder, new)
+            check_provenance(folder, new, "check")
         assert (folder / "captions_config.json").read_bytes() == record, key
         assert (folder / "captions.jsonl").read_bytes() == captions, key
         if len(overrides) == 1 and "@" not in overrides[0]:  # varied alone: nothing else moves
@@ -418,11 +423,11 @@ NOT_PROVENANCE = [
 def test_settings_that_do_not_decide_captions_keep_the_provenance(override, tmp_path):
     """The control: device, threads, logging, paths, the subset and later stages' settings do
     not change the fields, so a resume with them is accepted (no error, nothing rewritten)."""
-    from fuse_repro.provenance import check_provenance, results_fields
+    from fuse_repro.provenance import record_provenance, results_fields
 
     fields, record, _ = _caption_folder(tmp_path, [])
     assert results_fields(_compose([override])) == fields
-    assert check_provenance(tmp_path, results_fields(_compose([override]))) is None
+    assert record_provenance(tmp_path, results_fields(_compose([override])), "check") is None
     assert (tmp_path / "captions_config.json").read_bytes() == record
 
 
@@ -483,35 +488,35 @@ def test_fidelity_metrics_edges():
     assert spearman([3.0, 2.0, 1.0], losses) == pytest.approx(1.0)
 
 
-def test_scoring_options_from_config_carry_every_value():
+def test_scoring_config_carries_every_value():
     from omegaconf import OmegaConf
 
-    from fuse_repro.scoring import ScoringOptions
+    from fuse_repro.config import ScoringConfig, convert
 
     node = OmegaConf.create({
         "allow_missing": True, "method": "beam", "label": "ZeroCap", "strip_prefix": "An image of",
         "sentiment": {"rule": "pos_vs_neg", "batch_size": 7, "max_length": 64, "classifier": "x/y",
                       "device": "cuda"},
     })
-    opts = ScoringOptions.from_config(node)
+    opts = convert(node, ScoringConfig)
     assert opts.allow_missing is True and opts.method == "beam" and opts.label == "ZeroCap"
     assert opts.strip_prefix == "An image of"
-    assert (opts.sentiment_rule, opts.sentiment_batch_size, opts.sentiment_max_length,
-            opts.sentiment_classifier, opts.sentiment_device) == ("pos_vs_neg", 7, 64, "x/y", "cuda")
-    default = ScoringOptions.from_config(None)
-    assert default == ScoringOptions.from_config({}) and default.allow_missing is False
+    s = opts.sentiment
+    assert (s.rule, s.batch_size, s.max_length, s.classifier, s.device) == ("pos_vs_neg", 7, 64, "x/y", "cuda")
+    assert ScoringConfig().allow_missing is False
     # a blank prefix means none
     for blank in ("", "   "):
-        assert ScoringOptions(strip_prefix=blank).strip_prefix is None
-    assert ScoringOptions(strip_prefix=" x ").strip_prefix == " x "
+        assert ScoringConfig(strip_prefix=blank).strip_prefix is None
+    assert ScoringConfig(strip_prefix=" x ").strip_prefix == " x "
 
 
 def test_score_captions_file_records_a_foreign_format_only(tmp_path):
     from fuse_repro.data import Item
-    from fuse_repro.scoring import ScoringOptions, score_captions_file
+    from fuse_repro.config import ScoringConfig
+    from fuse_repro.scoring import score_captions_file
 
     items = [Item(id="1", references=["a dog on a beach"]), Item(id="2", references=["a red bus"])]
-    opts = ScoringOptions(metrics=("Bleu",))
+    opts = ScoringConfig(metrics=["Bleu"])
     ours = tmp_path / "ours" / "captions.jsonl"
     write_jsonl(ours, [{"id": "1", "caption": "a dog"}, {"id": "2", "caption": "a bus"}])
     assert "captions_format" not in score_captions_file(ours, items, opts)
@@ -669,43 +674,43 @@ def test_differences_name_keys_on_one_side_only():
 def test_a_mixed_folder_stays_mixed(tmp_path):
     """A folder marked mixed (resume=force once) keeps the mark: with its captions emptied, and
     when rerun with the settings it last had (accepted without force, each line stamped)."""
-    from fuse_repro.provenance import check_provenance, fields_hash
+    from fuse_repro.provenance import fields_hash, record_provenance
     from fuse_repro.records import read_provenance
 
     six, three = {"search.steps": 6}, {"search.steps": 3}
     captions = tmp_path / "captions.jsonl"
-    check_provenance(tmp_path, six)
+    record_provenance(tmp_path, six, "check")
     captions.write_text('{"caption": "a dog", "id": "1"}\n')
-    assert check_provenance(tmp_path, three, "force") == fields_hash(three)
+    assert record_provenance(tmp_path, three, "force") == fields_hash(three)
     assert read_provenance(tmp_path)["mixed"] is True
     assert json.loads(captions.read_text())["config_hash"] == fields_hash(six)
     # the same settings as last time, without force: accepted, still mixed, lines stamped
-    assert check_provenance(tmp_path, three) == fields_hash(three)
+    assert record_provenance(tmp_path, three, "check") == fields_hash(three)
     record = read_provenance(tmp_path)
     assert record["mixed"] is True and record["hash"] == fields_hash(three)
     assert record["previous"] == [fields_hash(six)]
     # other settings again: refused
     with pytest.raises(records.ProvenanceError):
-        check_provenance(tmp_path, {"search.steps": 4})
+        record_provenance(tmp_path, {"search.steps": 4}, "check")
     # emptied captions: the record is rewritten for the new settings but stays mixed
     captions.write_text("")
-    assert check_provenance(tmp_path, {"search.steps": 4}) == fields_hash({"search.steps": 4})
+    assert record_provenance(tmp_path, {"search.steps": 4}, "check") == fields_hash({"search.steps": 4})
     assert read_provenance(tmp_path)["mixed"] is True
     # an unmixed folder without captions takes new settings without a stamp
     fresh = tmp_path / "fresh"
-    assert check_provenance(fresh, six) is None and "mixed" not in read_provenance(fresh)
-    assert check_provenance(fresh, three) is None  # no captions yet: nothing to protect
+    assert record_provenance(fresh, six, "check") is None and "mixed" not in read_provenance(fresh)
+    assert record_provenance(fresh, three, "check") is None  # no captions yet: nothing to protect
 
 
 def test_force_keeps_the_hash_a_line_already_carries(tmp_path):
     """Lines that carry a config_hash (merged from stamped shards) keep it when the folder is
     first mixed; unstamped lines get the folder's old hash."""
-    from fuse_repro.provenance import check_provenance, fields_hash
+    from fuse_repro.provenance import fields_hash, record_provenance
 
     captions = tmp_path / "captions.jsonl"
-    check_provenance(tmp_path, {"search.steps": 6})
+    record_provenance(tmp_path, {"search.steps": 6}, "check")
     write_jsonl(captions, [{"id": "1", "caption": "a", "config_hash": "abc"}, {"id": "2", "caption": "b"}])
-    check_provenance(tmp_path, {"search.steps": 3}, "force")
+    record_provenance(tmp_path, {"search.steps": 3}, "force")
     stamps = [json.loads(line)["config_hash"] for line in captions.read_text().splitlines()]
     assert stamps == ["abc", fields_hash({"search.steps": 6})]
 

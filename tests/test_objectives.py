@@ -125,12 +125,11 @@ def test_text_similarity_pool_is_a_masked_mean():
     model = StubModel(_rand(D, H, seed=2))
     hidden = _rand(2, 3, H, seed=4)
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
-    raw = TextSimilarity(model, StubBridge(model), 1.0, normalize=False).pool(hidden, mask)
-    assert torch.allclose(raw[0], hidden[0, :2].mean(0)) and torch.allclose(raw[1], hidden[1, 0])
+    raw = torch.stack([hidden[0, :2].mean(0), hidden[1, 0]])  # the masked mean, by hand
     unit = TextSimilarity(model, StubBridge(model), 1.0).pool(hidden, mask)
     assert torch.allclose(unit, raw / raw.norm(dim=-1, keepdim=True))
     # an all-padding row pools to zeros instead of dividing by zero
-    empty = TextSimilarity(model, StubBridge(model), 1.0, normalize=False).pool(hidden, torch.zeros(2, 3))
+    empty = TextSimilarity(model, StubBridge(model), 1.0).pool(hidden, torch.zeros(2, 3))
     assert torch.equal(empty, torch.zeros(2, H, dtype=torch.float64))
 
 
@@ -213,7 +212,7 @@ def test_clip_image_similarity_reads_the_image_once_from_memory_or_file(tmp_path
 
 
 def test_objective_options_and_build():
-    assert objective_options("text_similarity") == ("normalize",)
+    assert objective_options("text_similarity") == ()
     assert objective_options("sentiment") == ("sentiment",)
     assert objective_options("clip") == ()
     with pytest.raises(ObjectiveError):
@@ -221,8 +220,9 @@ def test_objective_options_and_build():
     model = StubModel(_rand(D, C, seed=3), classifier=True)
     obj = build_objective("sentiment", model, StubBridge(model), 3.0, sentiment="positive")
     assert isinstance(obj, Sentiment) and obj.weight == 3.0 and obj.default_sentiment == "positive"
-    assert isinstance(build_objective("text_similarity", model, StubBridge(model), 1.0, normalize=False),
-                      TextSimilarity)
+    assert isinstance(build_objective("text_similarity", model, StubBridge(model), 1.0), TextSimilarity)
+    with pytest.raises(ObjectiveError):  # an option the objective does not have
+        build_objective("text_similarity", model, StubBridge(model), 1.0, normalize=False)
     with pytest.raises(ObjectiveError):
         build_objective("clip", model, StubBridge(model), 1.0, sentiment="positive")
     assert set(OBJECTIVES) == {"text_similarity", "clip", "sentiment"}
