@@ -323,8 +323,9 @@ def test_subset_larger_than_the_dataset_is_one_warning_line(env, capsys, monkeyp
                                 for i in DEMO_IDS))
     args = ["stage=score", f"scoring.captions={captions}", "scoring.metrics=[Bleu]", "logger=none"]
     for mode, says in (("first", "dataset.subset.n=8 or less"), ("all", "no effect")):
-        code, out, err = run_entry([*args, f"dataset.subset.mode={mode}", "dataset.subset.n=100"],
-                                   capsys, monkeypatch)
+        # one folder per run: two runs within the same second would share a timestamped folder
+        code, out, err = run_entry([*args, f"dataset.subset.mode={mode}", "dataset.subset.n=100",
+                                    f"hydra.run.dir={env['logs']}/subset/{mode}"], capsys, monkeypatch)
         assert code == 0, err[-2000:]
         lines = _warning_lines(out, err, "dataset.subset.n=100")
         assert len(lines) == 1, out[-3000:]
