@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from fuse_repro import runtime
@@ -126,12 +127,28 @@ def optimized_value(cfg: FuseConfig, module: Any, result: Any) -> float | None:
     return float(value)
 
 
+def check_run(cfg: DictConfig, out_dir: Path | None = None) -> tuple[FuseConfig, Any, Path]:
+    """Everything that may refuse the run, before it writes anything: ``check_config``, the
+    run folder's writability, and the stage's ``check_folder(cfg, out_dir)`` (a resume into a
+    folder holding captions made with other settings). A ``FuseError`` raised here is marked
+    ``_fuse_refused``: ``run_task`` then puts back what Hydra wrote into an existing folder."""
+    try:
+        root, module = check_config(cfg, out_dir)
+        out_dir = Path(out_dir) if out_dir is not None else output_dir_of(cfg)
+        check_writable(out_dir)
+        check_folder = getattr(module, "check_folder", None)
+        if check_folder is not None:
+            check_folder(root, out_dir)
+    except FuseError as err:
+        err._fuse_refused = True  # type: ignore[attr-defined]
+        raise
+    return root, module, out_dir
+
+
 def run_stage(cfg: DictConfig, out_dir: Path | None = None) -> float | None:
     """Validate the composed ``cfg`` once and run its stage on the typed root; returns the value
     named by the stage's ``OPTIMIZED_METRIC`` (for sweepers)."""
-    root, module = check_config(cfg, out_dir)
-    out_dir = Path(out_dir) if out_dir is not None else output_dir_of(cfg)
-    check_writable(out_dir)
+    root, module, out_dir = check_run(cfg, out_dir)
     tree = print_config_tree(cfg)
     write_text(out_dir / "config_resolved.yaml", tree)
     threads = runtime.setup(root.seed, root.threads)["threads"]
@@ -142,7 +159,7 @@ def run_stage(cfg: DictConfig, out_dir: Path | None = None) -> float | None:
         "git_commit": git_commit(),
         "status": "running",
         **weights_fields(root),  # weights=random: labelled (fuse_repro.weights_label)
-    })
+    }, drop=("error",))  # a resumed run's earlier failure is not this run's
     log.info("torch threads: %d", threads)
     start = time.perf_counter()
     try:
@@ -200,6 +217,85 @@ def remove_if_empty(out_dir: Path) -> bool:
     return True
 
 
+# The files of an existing run folder that Hydra (``.hydra/``, its ``<job>.log``) and
+# ``run_stage`` (config_resolved.yaml, run_info.json) write before a stage runs, as they were
+# before this run started: ``{"folder": Path, "files": {path: (bytes | None, (atime, mtime))},
+# "hydra_dir": bool}``, taken by ``RunFolderGuard`` and put back by ``restore_run_folder``.
+_SNAPSHOT: dict[str, Any] = {}
+
+
+def _startup_files(folder: Path, output_subdir: str | None) -> list[Path]:
+    """The files a run writes into ``folder`` before its stage starts (existing or not)."""
+    names = [folder / n for n in ("config_resolved.yaml", "run_info.json", "run.log")]
+    names += sorted(folder.glob("*.log"))
+    if output_subdir:
+        sub = folder / output_subdir
+        names += [sub / n for n in ("config.yaml", "hydra.yaml", "overrides.yaml")]
+        names += sorted(sub.glob("*")) if sub.is_dir() else []
+    return sorted(set(names))
+
+
+def snapshot_run_folder(folder: Path, output_subdir: str | None = ".hydra") -> None:
+    """Remember the startup files of an existing run folder (a resume), so that a run that is
+    refused can leave it byte for byte as it was (``restore_run_folder``)."""
+    _SNAPSHOT.clear()
+    if not folder.is_dir():
+        return
+    files: dict[Path, tuple[bytes | None, tuple[int, int] | None]] = {}
+    for path in _startup_files(folder, output_subdir):
+        if path.is_file():
+            st = path.stat()
+            files[path] = (path.read_bytes(), (st.st_atime_ns, st.st_mtime_ns))
+        else:
+            files[path] = (None, None)
+    hydra_dir = folder / output_subdir if output_subdir else None
+    _SNAPSHOT.update(folder=folder, files=files, output_subdir=output_subdir,
+                     hydra_dir=hydra_dir is not None and hydra_dir.is_dir())
+
+
+def restore_run_folder(folder: Path) -> bool:
+    """Put back the startup files of ``folder`` as ``snapshot_run_folder`` found them (files
+    this run created are removed); False when no snapshot of that folder was taken."""
+    if not _SNAPSHOT or Path(_SNAPSHOT["folder"]).resolve() != Path(folder).resolve():
+        return False
+    snap = dict(_SNAPSHOT)
+    _SNAPSHOT.clear()
+    files: dict[Path, tuple[bytes | None, tuple[int, int] | None]] = snap["files"]
+    for path in _startup_files(folder, snap["output_subdir"]):
+        if path not in files and path.is_file():
+            path.unlink()  # created by this run
+    for path, (data, times) in files.items():
+        if data is None:
+            if path.is_file():
+                path.unlink()
+            continue
+        if not path.is_file() or path.read_bytes() != data:
+            with open(path, "r+b" if path.is_file() else "wb") as fh:  # keeps open log handles valid
+                fh.write(data)
+                fh.truncate()
+        assert times is not None
+        os.utime(path, ns=times)
+    hydra_dir = folder / snap["output_subdir"] if snap["output_subdir"] else None
+    if hydra_dir is not None and not snap["hydra_dir"] and hydra_dir.is_dir():
+        shutil.rmtree(hydra_dir, ignore_errors=True)
+    return True
+
+
+class RunFolderGuard(Callback):
+    """Hydra callback (``conf/hydra/default.yaml``): before Hydra writes ``.hydra/`` and its log
+    into the run folder, remember what an existing folder held there (``snapshot_run_folder``),
+    so that a refused resume changes nothing (``run_task`` restores it)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _SNAPSHOT.clear()
+        try:
+            folder = Path(os.path.abspath(str(OmegaConf.select(config, "hydra.run.dir"))))
+            subdir = OmegaConf.select(config, "hydra.output_subdir")
+        except Exception:  # noqa: BLE001  (an unresolvable run dir: Hydra itself will say so)
+            return
+        snapshot_run_folder(folder, None if subdir is None else str(subdir))
+
+
 def resume_command(out_dir: Path, argv: list[str] | None = None) -> str:
     """The command that continues this run in the same folder."""
     args = [a for a in (sys.argv[1:] if argv is None else argv)
@@ -228,7 +324,8 @@ def run_task(cfg: DictConfig) -> float | None:
             print(f"error: job {out_dir.name}: {one_line(err)}", file=sys.stderr, flush=True)
             return None
         print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
-        remove_if_empty(out_dir)
+        if not (getattr(err, "_fuse_refused", False) and restore_run_folder(out_dir)):
+            remove_if_empty(out_dir)
         raise SystemExit(EXIT_USER_ERROR) from None
     except Exception as err:
         err._fuse_in_task = True  # type: ignore[attr-defined]  # a bug: keep its traceback

@@ -423,12 +423,15 @@ def read_provenance(folder: str | Path) -> dict[str, Any] | None:
 # run_info.json
 
 
-def write_run_info(folder: str | Path, info: Mapping[str, Any]) -> Path:
+def write_run_info(folder: str | Path, info: Mapping[str, Any],
+                   drop: tuple[str, ...] = ()) -> Path:
     """``run_info.json``: ``{experiment, config_hash, stage?, method?, dataset?, ...}``, the
-    labels ``stage=table`` and the sweep summary read. Updates keep the earlier keys."""
+    labels ``stage=table`` and the sweep summary read. Updates keep the earlier keys, except
+    those in ``drop``."""
     path = Path(folder) / RUN_INFO_NAME
     current = read_run_info(path) if path.is_file() else {}
-    return write_json(path, {**current, **info})
+    kept = {k: v for k, v in current.items() if k not in drop}
+    return write_json(path, {**kept, **info})
 
 
 def read_run_info(path: str | Path) -> dict[str, Any]:

@@ -237,3 +237,65 @@ def test_optimized_metric_is_what_a_sweeper_gets():
     cfg.optimized_metric = "SPIDEr"
     with pytest.raises(ConfigError, match=r"optimized_metric='SPIDEr' is not a result of stage=score"):
         app.optimized_value(cfg, module, result)
+
+
+# --------------------------------------------------------------------------------------------
+# a refused resume changes nothing (issue 18)
+
+
+def _folder_bytes(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``folder``: its bytes and mtime."""
+    return {p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _interrupted_caption_folder(folder: Path, capsys, monkeypatch, *overrides: str) -> None:
+    """A caption run folder as Ctrl-C leaves it: Hydra's ``.hydra/``, ``run.log``,
+    ``config_resolved.yaml``, ``run_info.json`` (interrupted), the provenance and one caption
+    (the stage is replaced by one that records provenance, writes a caption and is interrupted,
+    so no model loads)."""
+    from fuse_repro.stages import caption as caption_stage
+
+    def one_caption_then_ctrl_c(cfg, out_dir):
+        record_provenance(out_dir, results_fields(cfg), cfg.resume)
+        (out_dir / "captions.jsonl").write_text(json.dumps({"id": "dog_beach", "caption": "x"}) + "\n")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(caption_stage, "run", one_caption_then_ctrl_c)
+        code, _, err = run_entry(["stage=caption", *overrides, "logger=none",
+                                  f"hydra.run.dir={folder}"], capsys, monkeypatch)
+    assert code == 130, err
+    assert json.loads((folder / "run_info.json").read_text())["status"] == "interrupted"
+
+
+@pytest.mark.parametrize("resume_args,needle", [
+    (["search.steps=2"], "search.steps: 3 -> 2"),
+    ([], "search.steps: 3 -> 6"),  # the README's resume form, without the original overrides
+], ids=["other_steps", "readme_form_without_overrides"])
+def test_refused_resume_leaves_the_folder_byte_identical(resume_args, needle, env, capsys,
+                                                         monkeypatch):
+    folder = env["root"] / "run"
+    _interrupted_caption_folder(folder, capsys, monkeypatch, "search.steps=3")
+    before = _folder_bytes(folder)
+    assert {".hydra/config.yaml", ".hydra/overrides.yaml", "run.log", "config_resolved.yaml",
+            "run_info.json", "captions_config.json", "captions.jsonl"} <= set(before)
+    code, out, err = run_entry(["stage=caption", *resume_args, "logger=none",
+                                f"hydra.run.dir={folder}"], capsys, monkeypatch)
+    assert_one_line(code, out, err, needle, "resume=force")
+    assert _folder_bytes(folder) == before
+
+
+def test_successful_resume_drops_the_earlier_error(env, capsys, monkeypatch):
+    """run_info.json of a resumed run that finished says finished, with no stale ``error``."""
+    from fuse_repro.stages import caption as caption_stage
+
+    folder = env["root"] / "run"
+    _interrupted_caption_folder(folder, capsys, monkeypatch, "search.steps=3")
+    assert "error" in json.loads((folder / "run_info.json").read_text())
+    monkeypatch.setattr(caption_stage, "run", lambda cfg, out_dir: {})
+    code, _, err = run_entry(["stage=caption", "search.steps=3", "logger=none",
+                              f"hydra.run.dir={folder}"], capsys, monkeypatch)
+    assert code == 0, err
+    info = json.loads((folder / "run_info.json").read_text())
+    assert info["status"] == "finished" and "error" not in info, info

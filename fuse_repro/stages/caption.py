@@ -53,10 +53,15 @@ def check(cfg: FuseConfig, methods: tuple[str, ...] = ()) -> None:
     check_models_available(cfg.source, cfg.objective)
 
 
+def check_folder(cfg: FuseConfig, out_dir: Path) -> None:
+    """Refuse a resume into a folder holding captions made with other settings, before the run
+    writes anything into it (``app.check_run``)."""
+    check_provenance(out_dir, results_fields(cfg), cfg.resume)
+
+
 def run(cfg: FuseConfig, out_dir: Path) -> dict[str, Any]:
     items = dataset_items(cfg)
     fields = results_fields(cfg)
-    check_provenance(out_dir, fields, cfg.resume)  # refuse a mismatched resume before loading
     captioner = build_captioner(cfg.source, cfg.objective, cfg.adapter, Path(cfg.paths.cache_dir),
                                 resolve_device(cfg.device))
     with open_tracker(cfg, out_dir, "caption", {"adapter_keys": captioner.adapter_keys}) as tracker:

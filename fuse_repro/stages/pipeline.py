@@ -44,6 +44,13 @@ def check(cfg: FuseConfig) -> None:
     caption.check(cfg, methods=tuple(cfg.pipeline.methods))
 
 
+def check_folder(cfg: FuseConfig, out_dir: Path) -> None:
+    """Refuse a resume whose method folders hold captions made with other settings, before the
+    run writes anything (``app.check_run``)."""
+    for method in cfg.pipeline.methods:
+        check_provenance(out_dir / method, results_fields(cfg, method=method), cfg.resume)
+
+
 def run_method(cfg: FuseConfig, method: str, items: list[Any], captioner: Captioner,
                out_dir: Path, tracker: Tracker) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """Caption and score the items with one search method into ``out_dir/<method>``; returns
@@ -83,8 +90,6 @@ def run_method(cfg: FuseConfig, method: str, items: list[Any], captioner: Captio
 def run(cfg: FuseConfig, out_dir: Path) -> dict[str, Any]:
     methods = cfg.pipeline.methods
     items = dataset_items(cfg)
-    for method in methods:  # refuse a mismatched resume before loading models
-        check_provenance(out_dir / method, results_fields(cfg, method=method), cfg.resume)
     captioner = build_captioner(cfg.source, cfg.objective, cfg.adapter, Path(cfg.paths.cache_dir),
                                 resolve_device(cfg.device))
     similarity = next(iter(cosine_terms(captioner.objectives)), None)
