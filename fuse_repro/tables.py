@@ -220,8 +220,10 @@ def collect_runs(roots: Sequence[str | Path]) -> list[RunRecord]:
                                       "unknown")),
                 config_hash=str(_first(info.get("config_hash"), hydra.get("config_hash"),
                                        "unknown")),
+                # a scoring run's own search.method says nothing about who wrote the captions
                 method=_first(label if external else None, info.get("method"),
-                              metrics.get("method"), hydra.get("method")),
+                              metrics.get("method"),
+                              None if info.get("stage") == "score" else hydra.get("method")),
                 dataset=_first(info.get("dataset"), ds_name, hydra.get("dataset")),
                 metrics=metrics,
                 source="external" if external else "ours",
@@ -246,6 +248,15 @@ def _lookup(metrics: Mapping[str, Any], path: Sequence[str]) -> float | None:
     return float(node)
 
 
+def _coverage(metrics: Mapping[str, Any]) -> str | None:
+    """``"<captions>/<items>"`` when a run scored fewer captions than its dataset has items
+    (``scoring.allow_missing``), else None."""
+    n, total = metrics.get("num_captions"), metrics.get("num_items")
+    if isinstance(n, int) and isinstance(total, int) and n < total:
+        return f"{n}/{total}"
+    return None
+
+
 def _row_values(row: Row, columns: Sequence[Column], chosen: Mapping[str, RunRecord]) -> Row:
     for col in columns:
         rec = chosen.get(col.role)
@@ -255,6 +266,9 @@ def _row_values(row: Row, columns: Sequence[Column], chosen: Mapping[str, RunRec
         if col.role in chosen and col.role not in row.hashes:
             row.hashes[col.role] = chosen[col.role].config_hash
             row.runs[col.role] = chosen[col.role].relpath
+            covered = _coverage(chosen[col.role].metrics)
+            if covered is not None:
+                row.coverage[col.role] = covered
     return row
 
 

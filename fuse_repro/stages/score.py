@@ -57,12 +57,15 @@ def check(cfg: FuseConfig) -> None:
 
 
 def source_labels(path: Path, label: str | None) -> dict[str, Any]:
-    """Labels for the tables: the caption run's own (when the file sits in one), or external."""
+    """What produced the captions, for the tables: the caption run's own labels when the file
+    is a ``captions.jsonl`` in a run folder (its ``run_info.json``), else an external system
+    named by ``scoring.label`` or, without one, by the file's name. Never this scoring run's
+    experiment or search method: they say nothing about who wrote the captions."""
     if label is not None:
         return {"source": "external", "label": label, "method": label}
     info_path = path.parent / RUN_INFO_NAME
     if path.name != CAPTIONS_NAME or not info_path.is_file():
-        return {"source": "ours"}
+        return {"source": "external", "label": path.name, "method": path.name}
     info = read_run_info(info_path)
     labels = {k: info[k] for k in ("experiment", "config_hash", "method", "weights", "weights_note")
               if info.get(k)}
@@ -76,7 +79,7 @@ def run(cfg: FuseConfig, out_dir: Path) -> dict[str, Any]:
     random = weights_fields(cfg) or {k: labels[k] for k in ("weights", "weights_note")
                                      if k in labels}
     metrics = score_captions_file(path, load_dataset(cfg.dataset), cfg.scoring, out_dir=out_dir,
-                                  dataset=dataset_record(cfg.dataset), labels=random)
+                                  dataset=dataset_record(cfg.dataset), labels={**labels, **random})
     write_run_info(out_dir, {"scored_file": str(path), "dataset": cfg.dataset.name,
                              **labels, **random})
     scores = metrics.get("metrics", {})
@@ -94,5 +97,8 @@ def run(cfg: FuseConfig, out_dir: Path) -> dict[str, Any]:
     if random:
         print(f"WARNING: {random['weights_note']}")
     print(f"scored {metrics['num_captions']} captions of {path} ({fmt})")
+    if labels["source"] == "external" and cfg.scoring.label is None:
+        print(f"its table row is 'external' and named {path.name!r}; "
+              "scoring.label=<system> names it")
     numeric = {k: v for k, v in scores.items() if isinstance(v, (int, float))}
     return {**numeric, "objective": scores.get("CIDEr"), "metrics": metrics}
