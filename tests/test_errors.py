@@ -299,3 +299,26 @@ def test_successful_resume_drops_the_earlier_error(env, capsys, monkeypatch):
     assert code == 0, err
     info = json.loads((folder / "run_info.json").read_text())
     assert info["status"] == "finished" and "error" not in info, info
+
+
+def test_resume_from_a_moved_checkout_is_accepted(env, capsys, monkeypatch):
+    """The same annotation file at another path (a moved checkout) resumes; the resume check
+    runs (``check_folder``) and lets the stage start."""
+    from fuse_repro.stages import caption as caption_stage
+
+    demo = REPO / "fuse_repro" / "resources" / "demo_text_targets.json"
+    old, new = env["root"] / "old" / "demo.json", env["root"] / "néw place" / "demo.json"
+    for copy in (old, new):
+        copy.parent.mkdir()
+        copy.write_bytes(demo.read_bytes())
+    folder = env["root"] / "run"
+    _interrupted_caption_folder(folder, capsys, monkeypatch, f"dataset.annotations={old}")
+    started = []
+    monkeypatch.setattr(caption_stage, "run", lambda cfg, out_dir: started.append(1) or {})
+    code, _, err = run_entry(["stage=caption", f"dataset.annotations='{new}'", "logger=none",
+                              f"hydra.run.dir={folder}"], capsys, monkeypatch)
+    assert code == 0 and started, err
+    new.write_text(new.read_text().replace("a", "b", 1))  # other content: refused
+    code, out, err = run_entry(["stage=caption", f"dataset.annotations='{new}'", "logger=none",
+                                f"hydra.run.dir={folder}"], capsys, monkeypatch)
+    assert_one_line(code, out, err, "dataset.annotations: 'sha256:", "resume=force")
