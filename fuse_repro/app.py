@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -296,11 +297,25 @@ class RunFolderGuard(Callback):
         snapshot_run_folder(folder, None if subdir is None else str(subdir))
 
 
+def hydra_quote(value: str) -> str:
+    """``value`` as a Hydra override value: as is when Hydra's grammar takes it unquoted, else
+    single-quoted with Hydra's escapes (a quote, and the backslashes before one)."""
+    if value and all(ch.isascii() and (ch.isalnum() or ch in "/._-:+~@") for ch in value):
+        return value
+    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    escaped = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped)
+    return f"'{escaped}'"
+
+
 def resume_command(out_dir: Path, argv: list[str] | None = None) -> str:
-    """The command that continues this run in the same folder."""
-    args = [a for a in (sys.argv[1:] if argv is None else argv)
-            if not a.startswith(("hydra.run.dir=", "-m", "--multirun"))]
-    return shlex.join(["python", "run.py", *args, f"hydra.run.dir={out_dir}"])
+    """The command that continues this run in the same folder: the interpreter actually running
+    and the script as it was called, the same overrides, ``hydra.run.dir=<folder>``; quoted so
+    that both the shell and Hydra's override parser take it back."""
+    argv = sys.argv if argv is None else argv
+    script = argv[0] if argv and argv[0].endswith(".py") else "run.py"
+    args = [a for a in argv[1:] if not a.startswith(("hydra.run.dir=", "-m", "--multirun"))]
+    return shlex.join([sys.executable, script, *args,
+                       f"hydra.run.dir={hydra_quote(str(out_dir))}"])
 
 
 def run_task(cfg: DictConfig) -> float | None:

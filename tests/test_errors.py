@@ -164,7 +164,7 @@ def test_ctrl_c_prints_the_resume_command(env, capsys, monkeypatch):
     assert code == 130
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].endswith(f"Resume with: python run.py stage=caption search.steps=3 "
+    assert lines[0].endswith(f"Resume with: {sys.executable} run.py stage=caption search.steps=3 "
                              f"hydra.run.dir={folder}")
 
 
@@ -217,7 +217,7 @@ def test_subprocess_ctrl_c_is_one_line_with_the_resume_command(env):
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
-    assert last.endswith("Resume with: python run.py " + " ".join(args)), last
+    assert last.endswith(f"Resume with: {sys.executable} run.py " + " ".join(args)), last
 
 
 def test_optimized_metric_is_what_a_sweeper_gets():
@@ -322,3 +322,29 @@ def test_resume_from_a_moved_checkout_is_accepted(env, capsys, monkeypatch):
     code, out, err = run_entry(["stage=caption", f"dataset.annotations='{new}'", "logger=none",
                                 f"hydra.run.dir={folder}"], capsys, monkeypatch)
     assert_one_line(code, out, err, "dataset.annotations: 'sha256:", "resume=force")
+
+
+@pytest.mark.slow
+def test_resume_hint_for_a_folder_with_spaces_and_accents_runs_as_printed(env, capsys,
+                                                                          monkeypatch):
+    """The Ctrl-C hint names the running interpreter and quotes a run folder with spaces and
+    non-ASCII characters for the shell and for Hydra: executed by bash as printed, it runs into
+    that very folder."""
+    def interrupted(cfg, out_dir=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(app, "run_stage", interrupted)
+    folder = env["root"] / "my runs" / "résumé it's"
+    roots = env["root"] / "no runs"
+    roots.mkdir()
+    code, _, err = run_entry(["stage=table", f"table.roots=['{roots}']", "logger=none",
+                              f"hydra.run.dir={app.hydra_quote(str(folder))}"], capsys,
+                             monkeypatch)
+    assert code == 130, err
+    hint = err.strip().splitlines()[-1].split("Resume with: ", 1)[1]
+    assert hint.startswith(f"{sys.executable} run.py "), hint
+    proc = subprocess.run(["bash", "-c", hint], cwd=REPO, env=_subprocess_env(env),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == f"run folder: {folder}"
+    assert (folder / "runs.md").is_file()
