@@ -354,6 +354,49 @@ def run_task(cfg: DictConfig) -> float | None:
         raise
 
 
+def sweep_jobs(overrides: list[str]) -> list[list[str]] | None:
+    """The override lists of the jobs ``python run.py -m <overrides>`` will run, in Hydra's job
+    order (the basic sweeper's cartesian product of the command line and ``hydra.sweeper.params``),
+    or None when another sweeper decides them while it runs."""
+    from hydra import compose
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(overrides)
+    plain = [o.input_line for o in parsed if not o.is_sweep_override() and o.input_line]
+    cfg = compose("config", overrides=plain, return_hydra_config=True)
+    if OmegaConf.select(cfg, "hydra.sweeper._target_") != \
+            "hydra._internal.core_plugins.basic_sweeper.BasicSweeper":
+        return None
+    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    lines = [f"{k}={v}" for k, v in params.items()] + list(overrides)
+    return BasicSweeper.split_arguments(parser.parse_overrides(lines), None)[0]
+
+
+def check_sweep(overrides: list[str]) -> int:
+    """Before a multirun starts, compose and check every job's config (``check_config``: the
+    schema, the device, the stage's own checks), so that one bad value stops the sweep before
+    its first job rather than after the others ran; returns the number of jobs checked."""
+    from hydra import initialize_config_dir
+
+    from fuse_repro.config.hashing import REPO_ROOT
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        jobs = sweep_jobs(overrides)
+        if jobs is None:
+            return 0
+        from hydra import compose
+
+        for num, job in enumerate(jobs):
+            try:
+                check_config(compose("config", overrides=job), Path("/nonexistent/sweep-check"))
+            except _user_error_types() as err:
+                line = one_line(err) if isinstance(err, FuseError) else compose_error_line(err)
+                raise ConfigError(f"sweep job {num} ({' '.join(job)}): {line}; no job was run")
+    return len(jobs)
+
+
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -375,7 +418,11 @@ def main(hydra_entry: Callable[[], Any], argv: list[str] | None = None) -> int:
     os.environ["FUSE_USER_FULL_ERROR"] = "1" if full else "0"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sweep.FAILED_JOBS.clear()
+    args = sys.argv[1:] if argv is None else argv
     try:
+        if {"-m", "--multirun"} & set(args) and not any(
+                a.startswith("-") and a not in ("-m", "--multirun") for a in args):
+            check_sweep([a for a in args if a not in ("-m", "--multirun")])
         hydra_entry()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -86,11 +86,23 @@ BAD_TARGETS = '[{"id": "1", "target": "a dog"}, {"id": "2"'  # cut off: not JSON
         (["threads=0"], ["threads"]),
         (["stage=score", "scoring.captions={root}/none.json"], ["none.json"]),
         (["stage=fit", "target.tokenizer.source=hf"], ["null", "whole node"]),
+        (["device=mps"], ["device='mps'", "device=cpu"]),
+        (["seed=-1"], ["seed=-1", "seed=0"]),
+        (["stage=caption", "dataset.annotations={root}/dönnées.json"],
+         ["dönnées.json", "quoted", "\"dataset.annotations='"]),
+        (["stage=caption", "dataset.annotations={root}/my", "files.json"],
+         ["'files.json' has no '='", "split by the shell", "\"dataset.annotations='"]),
+        (["pipeline.methods=[fuse,beam]"], ["pipeline.methods", "'beam'", "lm_only"]),
+        (["stage=score", "scoring.captions={root}"], ["is a folder", "scoring.captions="]),
+        (["model@source=minilm_l6"], ["model@source=minilm_l6", "causal LM",
+                                      "model@source=smollm2_135m"]),
     ],
     ids=["beam_width_0", "max_tokens_0", "negative_weight", "missing_image_folder",
          "malformed_targets", "unknown_backend", "image_folder_needs_image_objective",
          "unknown_group_option", "misspelled_key", "unknown_stage", "bad_resume", "threads_0",
-         "missing_results_file", "key_inside_null_node"],
+         "missing_results_file", "key_inside_null_node", "device_mps", "negative_seed",
+         "unquoted_non_ascii_path", "unquoted_path_with_space", "pipeline_methods_entry",
+         "results_file_is_a_folder", "encoder_as_source"],
 )
 def test_config_errors_are_one_line_before_any_work(args, needles, env, capsys, monkeypatch):
     (env["root"] / "bad.json").write_text(BAD_TARGETS)
@@ -169,16 +181,27 @@ def test_ctrl_c_prints_the_resume_command(env, capsys, monkeypatch):
 
 
 def test_failed_sweep_job_makes_the_multirun_fail(env, capsys, monkeypatch):
-    code, out, err = run_entry(["-m", "stage=table", "table.formats=[md],[html]", "logger=none"],
-                               capsys, monkeypatch)
+    """A job that fails while it runs (merge finds no shard: not visible in the config) is
+    recorded, the sweep goes on, and the process exits 1 naming it."""
+    none = env["root"] / "none"
+    code, out, err = run_entry(["-m", "stage=merge,table", f"merge.inputs=[{none}/*]",
+                                "logger=none"], capsys, monkeypatch)
     assert code == 1, err
     last = err.strip().splitlines()[-1]
-    assert last == ("error: 1 sweep job(s) failed: 1 (stage=table table.formats=[html] "
-                    "logger=none): table.formats entry='html' is not one of ['csv', 'md', 'tex']"), err
-    assert sweep.FAILED_JOBS and "html" in sweep.FAILED_JOBS[0]
+    assert last.startswith("error: 1 sweep job(s) failed: 0 (stage=merge merge.inputs="), err
+    assert sweep.FAILED_JOBS and "merge" in sweep.FAILED_JOBS[0]
     summary = next(env["logs"].glob("multirun/default/*/sweep_summary.csv")).read_text()
-    assert "\n1,\"failed: table.formats entry='html'" in summary
-    assert "\n0,\"finished, no metrics.json\"" in summary
+    assert "\n0,failed: no shard files match" in summary
+    assert "\n1,\"finished, no metrics.json\"" in summary
+
+
+def test_a_sweep_with_one_bad_value_runs_no_job(env, capsys, monkeypatch):
+    """Every job's config is checked before the first job starts."""
+    code, out, err = run_entry(["-m", "search.beam_width=2,0", "logger=none"], capsys,
+                               monkeypatch)
+    assert_one_line(code, out, err, "sweep job 1 (search.beam_width=0", "search.beam_width must "
+                    "be >= 1, got 0", "no job was run")
+    assert not env["logs"].exists() or not list(env["logs"].rglob("run_info.json"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,3 +371,19 @@ def test_resume_hint_for_a_folder_with_spaces_and_accents_runs_as_printed(env, c
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == f"run folder: {folder}"
     assert (folder / "runs.md").is_file()
+
+
+@pytest.mark.slow
+def test_prefix_longer_than_a_secondary_context_is_one_line(env, capsys, monkeypatch):
+    """A prefix that cannot fit the secondary model's context (tiny_roberta cut to 16 tokens)
+    stops the run before its first item, naming search.prefix and the model."""
+    code, out, err = run_entry([
+        "stage=caption", "model@source=tiny_gpt2", "objective=tiny_sentiment",
+        "search.prefix='An image of a small dog on a beach with a red ball and a tall tree'",
+        "objective.terms.sentiment.model.max_length=16", "adapter.words_per_bucket=64",
+        "adapter.corpus.max_words=5000", "dataset.subset.mode=first", "dataset.subset.n=1",
+        "logger=none"], capsys, monkeypatch)
+    line = [ln for ln in err.strip().splitlines() if ln.startswith("error: ")]
+    assert code == 2 and len(line) == 1 and "Traceback" not in err, err[-3000:]
+    assert "search.prefix is 17 tokens for tiny_roberta, whose context holds 16" in line[0]
+    assert run_folders(env["logs"]) == []  # nothing captioned: the folder is removed

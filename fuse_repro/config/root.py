@@ -28,6 +28,8 @@ from fuse_repro.errors import ConfigError
 # check: refuse to resume a caption folder made with other settings; force: mix them
 # (fuse_repro.provenance).
 RESUME_MODES = ("check", "force")
+# The largest seed: numpy's generators take 0 .. 2**32 - 1.
+SEED_MAX = 2**32 - 1
 
 
 @dataclass
@@ -90,3 +92,5 @@ class FuseConfig:
         check_choice("resume", self.resume, RESUME_MODES)
         if self.threads is not None:
             check_min("threads", self.threads, 1)
+        if not 0 <= self.seed <= SEED_MAX:  # numpy's seed range (every generator derives from it)
+            raise ConfigError(f"seed={self.seed} must be between 0 and {SEED_MAX}; e.g. seed=0")

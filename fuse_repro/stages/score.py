@@ -44,6 +44,12 @@ def captions_path(cfg: FuseConfig, out_dir: Path) -> Path:
     """``scoring.captions``, else this run's captions.jsonl; an error naming the fix when the
     file is not there."""
     path = Path(cfg.scoring.captions) if cfg.scoring.captions else out_dir / CAPTIONS_NAME
+    if path.is_dir():
+        inside = path / CAPTIONS_NAME
+        hint = (f"scoring.captions={inside}" if inside.is_file() else
+                "scoring.captions=<a captions.jsonl or COCO results JSON file>")
+        raise RecordsError(f"scoring.captions={str(path)!r} is a folder, not a results file; "
+                           f"give the file: {hint}")
     if not path.is_file():
         raise RecordsError(
             f"captions file {str(path)!r} not found; set scoring.captions=<a captions.jsonl "
