@@ -85,6 +85,11 @@ def check_search(search: SearchConfig, methods: Sequence[str] = ()) -> None:
     for name in methods:
         check_choice("pipeline.methods entry", name, tuple(SEARCH_METHODS))
     check_conventions(search)
+    if search.beam_width > search.top_k:
+        log.warning("search.beam_width=%d is larger than search.top_k=%d: the first step proposes "
+                    "only %d candidates, so it keeps fewer beams than asked; lower "
+                    "search.beam_width or raise search.top_k", search.beam_width, search.top_k,
+                    search.top_k)
 
 
 def check_objective_fits_dataset(objective: ObjectiveConfig, items: Sequence[Any],
@@ -243,6 +248,18 @@ def caption_items(
         tracker.table(f"{search.method}/captions", ["id", "input", "caption", "total_loss"], rows)
     order = {str(it.id): i for i, it in enumerate(items)}
     return sorted(done, key=lambda r: order.get(r["id"], len(order)))
+
+
+def failed_items_line(out_dir: Path, records: Sequence[Mapping[str, Any]], items: Sequence[Any],
+                      label: str = "") -> str | None:
+    """``"<label>N of M items failed (see <errors.jsonl>)"`` when some items of the dataset have
+    no caption and are listed in ``out_dir/errors.jsonl``; None when every item has one."""
+    captioned = {str(r["id"]) for r in records}
+    failed = {str(e.get("id")) for e in read_jsonl(out_dir / ERRORS_NAME)} - captioned
+    failed &= {str(it.id) for it in items}
+    if not failed:
+        return None
+    return f"{label}{len(failed)} of {len(items)} items failed (see {out_dir / ERRORS_NAME})"
 
 
 def nothing_captioned(out_dir: Path, label: str = "") -> FuseError:

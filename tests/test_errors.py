@@ -387,3 +387,46 @@ def test_prefix_longer_than_a_secondary_context_is_one_line(env, capsys, monkeyp
     assert code == 2 and len(line) == 1 and "Traceback" not in err, err[-3000:]
     assert "search.prefix is 17 tokens for tiny_roberta, whose context holds 16" in line[0]
     assert run_folders(env["logs"]) == []  # nothing captioned: the folder is removed
+
+
+# --------------------------------------------------------------------------------------------
+# no silent success on odd input (issue 18)
+
+
+def test_beam_width_above_top_k_warns_once(env, capsys, monkeypatch):
+    """Allowed (later steps pool every beam's candidates) but never silent: one warning line."""
+    from fuse_repro.stages import caption as caption_stage
+
+    monkeypatch.setattr(caption_stage, "run", lambda cfg, out_dir: {})
+    code, out, err = run_entry(["stage=caption", "search.beam_width=5", "search.top_k=2",
+                                "logger=none"], capsys, monkeypatch)
+    assert code == 0, err
+    warned = [ln for ln in (out + err).splitlines() if "search.beam_width=5 is larger than "
+              "search.top_k=2" in ln]
+    assert len(warned) == 1 and "raise search.top_k" in warned[0], out + err
+
+
+def test_table_with_no_runs_says_how_to_get_rows(env, capsys, monkeypatch):
+    empty = env["root"] / "nothing here"
+    empty.mkdir()
+    code, out, err = run_entry(["stage=table", f"table.roots=['{empty}']", "logger=none"],
+                               capsys, monkeypatch)
+    assert code == 0, err
+    assert f"No runs found under {empty}" in out and "`python run.py`" in out, out
+
+
+@pytest.mark.slow
+def test_a_corrupt_image_beside_good_ones_is_counted_in_the_summary(env, capsys, monkeypatch):
+    images = _image_folder(env["root"])
+    Image.new("RGB", (16, 16), (30, 30, 200)).save(images / "blue.png")
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    folder = env["root"] / "run"
+    code, out, err = run_entry([
+        "stage=caption", "model@source=tiny_gpt2", "dataset=image_folder",
+        f"dataset.image_dir={images}", "objective=clip", "model@objective.terms.clip.model=tiny_clip",
+        "adapter.words_per_bucket=64", "adapter.corpus.max_words=5000", "search.steps=1",
+        "search.top_k=4", "search.beam_width=1", "logger=none", f"hydra.run.dir={folder}"],
+        capsys, monkeypatch)
+    assert code == 0, err[-3000:]
+    assert f"WARNING: 1 of 3 items failed (see {folder / 'errors.jsonl'})" in out, out[-2000:]
+    assert json.loads((folder / "errors.jsonl").read_text())["id"] == "broken"

@@ -19,6 +19,7 @@ from fuse_repro.captioner import (
     check_models_available,
     check_objective_fits_dataset,
     check_search,
+    failed_items_line,
     nothing_captioned,
 )
 from fuse_repro.config import ConfigError, FuseConfig
@@ -74,4 +75,7 @@ def run(cfg: FuseConfig, out_dir: Path) -> dict[str, Any]:
     if banner(cfg):
         print(banner(cfg))
     print(f"{len(records)} captions in {out_dir / CAPTIONS_NAME}")
+    failed = failed_items_line(out_dir, records, items)
+    if failed:
+        print(f"WARNING: {failed}")
     return {"captions": len(records), "objective": mean_total, "adapter_keys": captioner.adapter_keys}

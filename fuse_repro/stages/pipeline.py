@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from fuse_repro.captioner import (
@@ -19,6 +20,7 @@ from fuse_repro.captioner import (
     build_captioner,
     caption_items,
     cosine_terms,
+    failed_items_line,
     history_curves,
     nothing_captioned,
     objective_means,
@@ -83,7 +85,8 @@ def run_method(cfg: FuseConfig, method: str, items: list[Any], captioner: Captio
     tracker.summary({f"{method}/{k}": v for k, v in metrics.get("metrics", {}).items()
                      if isinstance(v, (int, float))})
     row = {"method": method, "label": row_name(method, cfg), "metrics": metrics,
-           "objective": means}
+           "objective": means, "failed": failed_items_line(method_dir, records, items,
+                                                           label=f"{method}: ")}
     return row, history_curves(records)
 
 
@@ -114,14 +117,15 @@ def run(cfg: FuseConfig, out_dir: Path) -> dict[str, Any]:
         **weights_fields(cfg),
     }
     write_json(out_dir / "summary.json", summary)
-    print_summary(cfg, out_dir, table_path, plot_path, captioner.adapter_keys)
+    print_summary(cfg, out_dir, table_path, plot_path, captioner.adapter_keys,
+                  [r["failed"] for r in rows if r["failed"]])
     fuse_row = next((r for r in rows if r["method"] == "fuse"), rows[0])
     return {"objective": fuse_row["objective"]["mean_objective"], **summary}
 
 
 def print_summary(cfg: FuseConfig, out_dir: Path, table_path: Path, plot_path: Path | None,
-                  adapter_keys: dict[str, str]) -> None:
-    """The table and where every output went."""
+                  adapter_keys: dict[str, str], failed: Sequence[str] = ()) -> None:
+    """The table, where every output went, and how many items each method failed."""
     print()
     print(table_path.read_text(encoding="utf-8"))
     if banner(cfg):
@@ -135,3 +139,5 @@ def print_summary(cfg: FuseConfig, out_dir: Path, table_path: Path, plot_path: P
               "per_caption.jsonl")
     print(f"  adapters:     {Path(cfg.paths.cache_dir) / 'adapters'} "
           f"({', '.join(adapter_keys.values())})")
+    for line in failed:
+        print(f"WARNING: {line}")
