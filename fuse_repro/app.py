@@ -5,7 +5,7 @@ The composed config is validated once, here (``config.validate``), and the typed
 (``FuseConfig``) is what a stage gets. Stages are plain modules with ``run(cfg, out_dir) -> dict``
 (STYLE.md: audiocraft's stage dict), imported lazily so ``stage=table`` does not pay for torch
 model imports it never uses. A stage may also define ``check(cfg)``, config-only validation that
-this module calls once, before the config is printed and before any model loads, and
+this module calls once, before anything is printed and before any model loads, and
 ``OPTIMIZED_METRIC``, the key of its result a sweeper gets (``optimized_metric=<key>`` picks
 another).
 
@@ -76,16 +76,43 @@ def resolve_stage(name: Any) -> Any:
     return importlib.import_module(STAGES[name])
 
 
-def print_config_tree(cfg: DictConfig) -> str:
-    """The resolved config as YAML (hydra node left out), printed at the start of every run."""
+def resolved_config_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML (hydra node left out): ``config_resolved.yaml``."""
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     assert isinstance(plain, dict)
     plain.pop("hydra", None)
-    text = OmegaConf.to_yaml(OmegaConf.create(plain))
-    print("=" * 30 + " resolved config " + "=" * 30)
-    print(text, end="")
-    print("=" * 77, flush=True)
-    return text
+    return OmegaConf.to_yaml(OmegaConf.create(plain))
+
+
+# Stages whose models are worth naming in the start lines.
+_MODEL_STAGES = ("pipeline", "caption", "fidelity", "fit")
+
+
+def start_lines(root: FuseConfig, out_dir: Path) -> list[str]:
+    """What a run prints before it works: stage, experiment, models, run folder, where the
+    resolved config went (the whole tree with ``print_config=true``)."""
+    lines = [f"fuse-repro: stage={root.stage} experiment={root.experiment_name}"]
+    if root.stage in _MODEL_STAGES:
+        if root.stage == "fit":
+            models = f"source {root.source.name} -> target {root.target.name}"
+        else:
+            terms = ", ".join(f"{name} {getattr(term.model, 'name', term.kind)}"
+                              for name, term in root.objective.terms.items())
+            models = f"source {root.source.name}; objective {terms or 'LM only'}"
+        lines.append(f"  models:     {models}" + (" (random weights)" if root.weights == "random"
+                                                      else ""))
+    lines.append(f"  run folder: {out_dir}")
+    lines.append(f"  config:     {out_dir / 'config_resolved.yaml'} (print_config=true prints it)")
+    return lines
+
+
+def print_start(root: FuseConfig, cfg: DictConfig, out_dir: Path, tree: str) -> None:
+    """The start lines, or with ``print_config=true`` the whole resolved config too."""
+    if root.print_config:
+        print("=" * 30 + " resolved config " + "=" * 30)
+        print(tree, end="")
+        print("=" * 77)
+    print("\n".join(start_lines(root, out_dir)), flush=True)
 
 
 def output_dir_of(cfg: DictConfig) -> Path:
@@ -150,7 +177,8 @@ def run_stage(cfg: DictConfig, out_dir: Path | None = None) -> float | None:
     """Validate the composed ``cfg`` once and run its stage on the typed root; returns the value
     named by the stage's ``OPTIMIZED_METRIC`` (for sweepers)."""
     root, module, out_dir = check_run(cfg, out_dir)
-    tree = print_config_tree(cfg)
+    tree = resolved_config_yaml(cfg)
+    print_start(root, cfg, out_dir, tree)
     write_text(out_dir / "config_resolved.yaml", tree)
     threads = runtime.setup(root.seed, root.threads)["threads"]
     write_run_info(out_dir, {

@@ -110,7 +110,7 @@ def test_config_errors_are_one_line_before_any_work(args, needles, env, capsys, 
     args = [a.format(root=env["root"], images=images) for a in args] + ["logger=none"]
     code, out, err = run_entry(args, capsys, monkeypatch)
     assert_one_line(code, out, err, *needles)
-    assert "resolved config" not in out  # failed before printing, loading or writing anything
+    assert "fuse-repro: stage=" not in out  # failed before printing, loading or writing anything
     assert run_folders(env["logs"]) == []  # the empty run folder is removed
 
 
@@ -124,7 +124,7 @@ def test_missing_hub_model_is_one_line(env, capsys, monkeypatch):
     code, out, err = run_entry(["experiment=paper_coco_fuse", "stage=fit", "logger=none"],
                                capsys, monkeypatch)
     assert_one_line(code, out, err, "gpt2", "weights=random")
-    assert "resolved config" not in out  # checked from the config, before anything loads
+    assert "fuse-repro: stage=" not in out  # checked from the config, before anything loads
     assert run_folders(env["logs"]) == []
 
 
@@ -133,7 +133,7 @@ def test_paper_experiment_without_its_data_is_one_line(env, capsys, monkeypatch)
     code, out, err = run_entry(["experiment=paper_coco_fuse", "adapter.corpus.kind=wordfreq",
                                 "logger=none"], capsys, monkeypatch)
     assert_one_line(code, out, err, "no_data")
-    assert "resolved config" not in out  # the data are checked before any model loads
+    assert "fuse-repro: stage=" not in out  # the data are checked before any model loads
 
 
 def test_unwritable_output_folder_is_one_line(env, capsys, monkeypatch):
@@ -233,7 +233,7 @@ def test_subprocess_ctrl_c_is_one_line_with_the_resume_command(env):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:  # wait until the stage runs
-        if line.startswith("=" * 77):
+        if line.startswith("  config:"):
             break
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -430,3 +430,34 @@ def test_a_corrupt_image_beside_good_ones_is_counted_in_the_summary(env, capsys,
     assert code == 0, err[-3000:]
     assert f"WARNING: 1 of 3 items failed (see {folder / 'errors.jsonl'})" in out, out[-2000:]
     assert json.loads((folder / "errors.jsonl").read_text())["id"] == "broken"
+
+
+# --------------------------------------------------------------------------------------------
+# the console (issue 18): a few start lines, the whole config only when asked
+
+
+@pytest.mark.parametrize("print_config", [False, True])
+def test_a_run_prints_a_few_start_lines_and_the_tree_only_when_asked(print_config, env, capsys,
+                                                                     monkeypatch):
+    from fuse_repro.stages import caption as caption_stage
+
+    monkeypatch.setattr(caption_stage, "run", lambda cfg, out_dir: {})
+    folder = env["root"] / "run"
+    code, out, err = run_entry(["stage=caption", "logger=none", f"print_config={print_config}",
+                                f"hydra.run.dir={folder}"], capsys, monkeypatch)
+    assert code == 0, err
+    saved = (folder / "config_resolved.yaml").read_text()
+    start = [
+        "fuse-repro: stage=caption experiment=default",
+        "  models:     source smollm2_135m; objective text_similarity minilm_l6",
+        f"  run folder: {folder}",
+        f"  config:     {folder / 'config_resolved.yaml'} (print_config=true prints it)"]
+    lines = out.splitlines()
+    if print_config:
+        assert saved in out and lines[0].startswith("=" * 30 + " resolved config")
+        lines = lines[lines.index("=" * 77) + 1:]
+    else:
+        assert "resolved config" not in out and "source:" not in out
+    assert lines[:4] == start, out[-3000:]
+    rest = [ln for ln in lines[4:] if not ln.startswith("[")]  # log lines carry a time stamp
+    assert rest == [f"run folder: {folder}"], out[-3000:]  # nothing else printed

@@ -72,6 +72,9 @@ class FuseConfig:
     threads: int | None = 1
     # Full tracebacks for user errors (else one line `error: ...`); HYDRA_FULL_ERROR=1 also does.
     debug: bool = False
+    # Print the whole resolved config at the start (it is always saved as config_resolved.yaml);
+    # else a few lines: stage, experiment, models, run folder.
+    print_config: bool = False
     paths: PathsConfig = MISSING
     logger: LoggerConfig = MISSING
     source: ModelConfig = MISSING
