@@ -49,6 +49,7 @@ from fuse_repro.errors import (
     one_line,
 )
 from fuse_repro.records import check_writable, write_run_info, write_text
+from fuse_repro.tracking import run_group
 from fuse_repro.weights_label import weights_fields
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,10 @@ def run_stage(cfg: DictConfig, out_dir: Path | None = None) -> float | None:
     """Validate the composed ``cfg`` once and run its stage on the typed root; returns the value
     named by the stage's ``OPTIMIZED_METRIC`` (for sweepers)."""
     root, module, out_dir = check_run(cfg, out_dir)
+    group = run_group(root.logger, root.experiment_name)
+    if group != root.logger.group:  # a sweep's wandb group: the saved config says so
+        root.logger.group = group
+        cfg.logger.group = group
     tree = resolved_config_yaml(cfg)
     print_start(root, cfg, out_dir, tree)
     write_text(out_dir / "config_resolved.yaml", tree)

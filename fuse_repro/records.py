@@ -37,6 +37,8 @@ from fuse_repro.errors import FuseError
 log = logging.getLogger(__name__)
 
 CAPTIONS_NAME = "captions.jsonl"
+# Mean losses of a caption folder's captions (stage=caption, each pipeline method).
+OBJECTIVE_NAME = "objective.json"
 RUN_INFO_NAME = "run_info.json"
 # Beside a captions file: the config fields that made it (decided by fuse_repro.provenance).
 PROVENANCE_NAME = "captions_config.json"

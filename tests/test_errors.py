@@ -5,6 +5,8 @@ traceback and leave no empty run folder. Two cases also run as real subprocesses
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+import yaml
 from PIL import Image
 
 import run as run_py_module
@@ -461,3 +464,65 @@ def test_a_run_prints_a_few_start_lines_and_the_tree_only_when_asked(print_confi
     assert lines[:4] == start, out[-3000:]
     rest = [ln for ln in lines[4:] if not ln.startswith("[")]  # log lines carry a time stamp
     assert rest == [f"run folder: {folder}"], out[-3000:]  # nothing else printed
+
+
+# --------------------------------------------------------------------------------------------
+# records (issue 18)
+
+
+def test_a_grouped_sweep_saves_the_group_its_runs_go_to(env, capsys, monkeypatch):
+    code, _, err = run_entry(["-m", "stage=table", "table.formats=[md],[csv]"], capsys,
+                             monkeypatch)
+    assert code == 0, err
+    sweep_dir = next(env["logs"].glob("multirun/default/*"))
+    saved = [yaml.safe_load((sweep_dir / job / "config_resolved.yaml").read_text())
+             for job in ("0", "1")]
+    assert [s["logger"]["group"] for s in saved] == [f"default-sweep-{sweep_dir.name}"] * 2
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared" / "data").is_dir(), reason="no shared data")
+def test_scoring_published_results_against_a_paper_experiment_needs_no_images(env, capsys,
+                                                                              monkeypatch):
+    """experiment=paper_coco_fuse captions images (require_images); scoring needs references."""
+    shared = REPO.parent / "shared" / "data" / "coco_karpathy"
+    coco = json.loads((shared / "captions_karpathy_test5k_cocofmt.json").read_text())
+    results = env["root"] / "zerocap.json"
+    results.write_text(json.dumps([{"image_id": im["id"], "caption": "a dog"}
+                                   for im in coco["images"][:3]]))
+    folder = env["root"] / "scored"
+    code, out, err = run_entry([
+        "stage=score", "experiment=paper_coco_fuse", "dataset.format=coco_captions",
+        f"dataset.annotations={shared / 'captions_karpathy_test5k_cocofmt.json'}",
+        f"dataset.image_dir={env['root'] / 'no_images'}", f"scoring.captions={results}",
+        "scoring.label=ZeroCap", "scoring.allow_missing=true", "scoring.metrics=[Bleu]",
+        "logger=none", f"hydra.run.dir={folder}"], capsys, monkeypatch)
+    assert code == 0, err[-2000:]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["num_captions"] == 3 and metrics["label"] == "ZeroCap"
+    assert metrics["metrics"]["Bleu_1"] > 0
+
+
+@pytest.mark.slow
+def test_a_caption_sweep_has_metrics_and_its_runs_are_listed(env, capsys, monkeypatch):
+    """sweep_summary.csv of a caption sweep carries each job's objective means, and runs.md
+    lists caption-only runs with the command that scores them."""
+    code, _, err = run_entry([
+        "-m", "stage=caption", "model@source=tiny_gpt2", "objective=tiny_sentiment",
+        "adapter.words_per_bucket=64", "adapter.corpus.max_words=5000", "search.top_k=4",
+        "search.beam_width=1", "search.steps=1,2", "dataset.subset.mode=first",
+        "dataset.subset.n=2", "logger=none"], capsys, monkeypatch)
+    assert code == 0, err[-3000:]
+    sweep_dir = next(env["logs"].glob("multirun/default/*"))
+    rows = list(csv.DictReader(io.StringIO((sweep_dir / "sweep_summary.csv").read_text())))
+    assert [(r["job"], r["status"], r["metrics_file"]) for r in rows] == [
+        ("0", "ok", "objective.json"), ("1", "ok", "objective.json")]
+    for row in rows:
+        assert float(row["objective.mean_total"]) > 0 and row["objective.mean_sentiment"]
+    table = env["root"] / "table"
+    code, out, err = run_entry(["stage=table", f"table.roots=[{sweep_dir}]", "logger=none",
+                                f"hydra.run.dir={table}"], capsys, monkeypatch)
+    assert code == 0, err
+    runs = (table / "runs.md").read_text()
+    assert "**Runs found: 2; in a table: 0; left out: 2**" in runs, runs
+    assert (f"left out: captions only, not scored: python run.py stage=score "
+            f"scoring.captions={sweep_dir / '0' / 'captions.jsonl'}") in runs, runs

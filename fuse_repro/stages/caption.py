@@ -19,14 +19,16 @@ from fuse_repro.captioner import (
     check_models_available,
     check_objective_fits_dataset,
     check_search,
+    cosine_terms,
     failed_items_line,
     nothing_captioned,
+    objective_means,
 )
 from fuse_repro.config import ConfigError, FuseConfig
 from fuse_repro.corpus import check_corpus
 from fuse_repro.data import Item, load_dataset
 from fuse_repro.provenance import check_provenance, results_fields
-from fuse_repro.records import CAPTIONS_NAME
+from fuse_repro.records import CAPTIONS_NAME, OBJECTIVE_NAME, write_json
 from fuse_repro.runtime import resolve_device
 from fuse_repro.tracking import open_tracker
 from fuse_repro.weights_label import banner, is_random
@@ -71,6 +73,9 @@ def run(cfg: FuseConfig, out_dir: Path) -> dict[str, Any]:
         if not records:
             raise nothing_captioned(out_dir)
         mean_total = sum(r["losses"]["total"] for r in records) / len(records)
+        # the objective means (as each pipeline method's): a caption sweep's summary reads them
+        write_json(out_dir / OBJECTIVE_NAME, objective_means(records,
+                                                             cosine_terms(captioner.objectives)))
         tracker.summary({"captions": len(records), "mean_total_loss": mean_total})
     if banner(cfg):
         print(banner(cfg))

@@ -28,7 +28,7 @@ from fuse_repro.captioner import (
 from fuse_repro.config import FuseConfig, run_config_hash
 from fuse_repro.plots import plot_search_curves
 from fuse_repro.provenance import check_provenance, results_fields
-from fuse_repro.records import CAPTIONS_NAME, write_json, write_run_info
+from fuse_repro.records import CAPTIONS_NAME, OBJECTIVE_NAME, write_json, write_run_info
 from fuse_repro.runtime import resolve_device
 from fuse_repro.scoring import score_captions_file
 from fuse_repro.stages import caption
@@ -71,7 +71,7 @@ def run_method(cfg: FuseConfig, method: str, items: list[Any], captioner: Captio
         labels=weights_fields(cfg),  # a random-weight run: metrics.json says so
     )
     means = objective_means(records, cosine_terms(captioner.objectives))
-    write_json(method_dir / "objective.json", means)
+    write_json(method_dir / OBJECTIVE_NAME, means)
     # Labels for stage=table: one row per (experiment, method) with the run's hash.
     write_run_info(method_dir, {
         "experiment": cfg.experiment_name,

@@ -10,6 +10,7 @@ marks the results of an external system (its table row says "external", never "o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,10 @@ def run(cfg: FuseConfig, out_dir: Path) -> dict[str, Any]:
     # The scoring run or the caption run had random weights: metrics.json says so.
     random = weights_fields(cfg) or {k: labels[k] for k in ("weights", "weights_note")
                                      if k in labels}
-    metrics = score_captions_file(path, load_dataset(cfg.dataset), cfg.scoring, out_dir=out_dir,
+    # Scoring reads the references only: an experiment that captions images (require_images)
+    # scores a published results file without them.
+    items = load_dataset(dataclasses.replace(cfg.dataset, require_images=False))
+    metrics = score_captions_file(path, items, cfg.scoring, out_dir=out_dir,
                                   dataset=dataset_record(cfg.dataset), labels={**labels, **random})
     write_run_info(out_dir, {"scored_file": str(path), "dataset": cfg.dataset.name,
                              **labels, **random})
