@@ -526,3 +526,16 @@ def test_a_caption_sweep_has_metrics_and_its_runs_are_listed(env, capsys, monkey
     assert "**Runs found: 2; in a table: 0; left out: 2**" in runs, runs
     assert (f"left out: captions only, not scored: python run.py stage=score "
             f"scoring.captions={sweep_dir / '0' / 'captions.jsonl'}") in runs, runs
+
+
+@pytest.mark.slow
+def test_subprocess_refused_resume_leaves_the_folder_byte_identical(env, capsys, monkeypatch):
+    """The README's resume form, typed in a shell: refused in one line, every byte kept."""
+    folder = env["root"] / "run"
+    _interrupted_caption_folder(folder, capsys, monkeypatch, "search.steps=3")
+    before = _folder_bytes(folder)
+    proc = subprocess.run([sys.executable, "run.py", "stage=caption", "logger=none",
+                           f"hydra.run.dir={folder}"], cwd=REPO, env=_subprocess_env(env),
+                          capture_output=True, text=True, timeout=300)
+    assert_one_line(proc.returncode, proc.stdout, proc.stderr, "search.steps: 3 -> 6")
+    assert _folder_bytes(folder) == before
