@@ -304,7 +304,8 @@ def restore_run_folder(folder: Path) -> bool:
                 path.unlink()
             continue
         if not path.is_file() or path.read_bytes() != data:
-            with open(path, "r+b" if path.is_file() else "wb") as fh:  # keeps open log handles valid
+            # in place: Hydra's open log handle stays valid
+            with open(path, "r+b" if path.is_file() else "wb") as fh:
                 fh.write(data)
                 fh.truncate()
         assert times is not None

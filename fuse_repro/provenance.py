@@ -6,7 +6,8 @@ rerun into the folder with other settings is refused with one line naming the di
 unless ``resume=force``: then the folder is marked mixed, records every earlier config's fields
 (``previous_fields``, by hash) and every caption line carries the ``config_hash`` it was made
 with. The dataset's files count by content (``annotations`` as ``sha256:...``, ``image_dir`` as
-a hash of its file names and sizes), never by location. ``records.merge_captions`` refuses shards whose hashes differ.
+a hash of its file names and sizes), never by location. ``records.merge_captions`` refuses
+shards whose hashes differ.
 
 ``check_provenance`` only decides (it reads, never writes); ``record_provenance`` carries the
 decision out through the writers in ``records``.

@@ -284,7 +284,8 @@ def _interrupted_caption_folder(folder: Path, capsys, monkeypatch, *overrides: s
 
     def one_caption_then_ctrl_c(cfg, out_dir):
         record_provenance(out_dir, results_fields(cfg), cfg.resume)
-        (out_dir / "captions.jsonl").write_text(json.dumps({"id": "dog_beach", "caption": "x"}) + "\n")
+        line = json.dumps({"id": "dog_beach", "caption": "x"})
+        (out_dir / "captions.jsonl").write_text(line + "\n")
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
@@ -426,7 +427,8 @@ def test_a_corrupt_image_beside_good_ones_is_counted_in_the_summary(env, capsys,
     folder = env["root"] / "run"
     code, out, err = run_entry([
         "stage=caption", "model@source=tiny_gpt2", "dataset=image_folder",
-        f"dataset.image_dir={images}", "objective=clip", "model@objective.terms.clip.model=tiny_clip",
+        f"dataset.image_dir={images}", "objective=clip",
+        "model@objective.terms.clip.model=tiny_clip",
         "adapter.words_per_bucket=64", "adapter.corpus.max_words=5000", "search.steps=1",
         "search.top_k=4", "search.beam_width=1", "logger=none", f"hydra.run.dir={folder}"],
         capsys, monkeypatch)

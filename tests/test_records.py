@@ -134,7 +134,8 @@ def _cfg(*overrides: str):
 def test_results_fields_ignore_what_cannot_change_a_caption():
     base = results_fields(_cfg())
     assert base["search.steps"] == 6
-    assert base["dataset.annotations"].startswith("<paths.data_dir>/coco/")  # no file here: its path
+    # no such file here: its masked path stands in
+    assert base["dataset.annotations"].startswith("<paths.data_dir>/coco/")
     assert not any(k.startswith(("scoring", "logger", "paths", "dataset.subset")) for k in base)
     moved = _cfg("paths.data_dir=/elsewhere", "device=cuda", "dataset.subset.mode=first",
                  "dataset.subset.n=5")
