@@ -541,3 +541,19 @@ def test_subprocess_refused_resume_leaves_the_folder_byte_identical(env, capsys,
                           capture_output=True, text=True, timeout=300)
     assert_one_line(proc.returncode, proc.stdout, proc.stderr, "search.steps: 3 -> 6")
     assert _folder_bytes(folder) == before
+
+
+def test_refused_pipeline_resume_leaves_the_folder_byte_identical(env, capsys, monkeypatch):
+    """The pipeline checks every method folder's provenance before it writes anything."""
+    folder = env["root"] / "run"
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        six = compose("config", overrides=["search.steps=6"])
+    root = validate(six, output_dir=str(folder))
+    record_provenance(folder / "fuse", results_fields(root, method="fuse"), root.resume)
+    (folder / "fuse" / "captions.jsonl").write_text('{"id": "dog_beach", "caption": "x"}\n')
+    (folder / "run_info.json").write_text('{"status": "interrupted"}\n')
+    before = _folder_bytes(folder)
+    code, out, err = run_entry(["search.steps=3", "logger=none", f"hydra.run.dir={folder}"],
+                               capsys, monkeypatch)
+    assert_one_line(code, out, err, "fuse", "search.steps: 6 -> 3", "resume=force")
+    assert _folder_bytes(folder) == before
