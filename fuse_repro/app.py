@@ -5,7 +5,7 @@ The composed config is validated once, here (``config.validate``), and the typed
 (``FuseConfig``) is what a stage gets. Stages are plain modules with ``run(cfg, out_dir) -> dict``
 (STYLE.md: audiocraft's stage dict), imported lazily so ``stage=table`` does not pay for torch
 model imports it never uses. A stage may also define ``check(cfg)``, config-only validation that
-this module calls once, before the config is printed and before any model loads, and
+this module calls once, before anything is printed and before any model loads, and
 ``OPTIMIZED_METRIC``, the key of its result a sweeper gets (``optimized_metric=<key>`` picks
 another).
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -29,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from fuse_repro import runtime
@@ -47,6 +49,7 @@ from fuse_repro.errors import (
     one_line,
 )
 from fuse_repro.records import check_writable, write_run_info, write_text
+from fuse_repro.tracking import run_group
 from fuse_repro.weights_label import weights_fields
 
 log = logging.getLogger(__name__)
@@ -74,16 +77,43 @@ def resolve_stage(name: Any) -> Any:
     return importlib.import_module(STAGES[name])
 
 
-def print_config_tree(cfg: DictConfig) -> str:
-    """The resolved config as YAML (hydra node left out), printed at the start of every run."""
+def resolved_config_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML (hydra node left out): ``config_resolved.yaml``."""
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     assert isinstance(plain, dict)
     plain.pop("hydra", None)
-    text = OmegaConf.to_yaml(OmegaConf.create(plain))
-    print("=" * 30 + " resolved config " + "=" * 30)
-    print(text, end="")
-    print("=" * 77, flush=True)
-    return text
+    return OmegaConf.to_yaml(OmegaConf.create(plain))
+
+
+# Stages whose models are worth naming in the start lines.
+_MODEL_STAGES = ("pipeline", "caption", "fidelity", "fit")
+
+
+def start_lines(root: FuseConfig, out_dir: Path) -> list[str]:
+    """What a run prints before it works: stage, experiment, models, run folder, where the
+    resolved config went (the whole tree with ``print_config=true``)."""
+    lines = [f"fuse-repro: stage={root.stage} experiment={root.experiment_name}"]
+    if root.stage in _MODEL_STAGES:
+        if root.stage == "fit":
+            models = f"source {root.source.name} -> target {root.target.name}"
+        else:
+            terms = ", ".join(f"{name} {getattr(term.model, 'name', term.kind)}"
+                              for name, term in root.objective.terms.items())
+            models = f"source {root.source.name}; objective {terms or 'LM only'}"
+        lines.append(f"  models:     {models}" + (" (random weights)" if root.weights == "random"
+                                                      else ""))
+    lines.append(f"  run folder: {out_dir}")
+    lines.append(f"  config:     {out_dir / 'config_resolved.yaml'} (print_config=true prints it)")
+    return lines
+
+
+def print_start(root: FuseConfig, cfg: DictConfig, out_dir: Path, tree: str) -> None:
+    """The start lines, or with ``print_config=true`` the whole resolved config too."""
+    if root.print_config:
+        print("=" * 30 + " resolved config " + "=" * 30)
+        print(tree, end="")
+        print("=" * 77)
+    print("\n".join(start_lines(root, out_dir)), flush=True)
 
 
 def output_dir_of(cfg: DictConfig) -> Path:
@@ -126,13 +156,34 @@ def optimized_value(cfg: FuseConfig, module: Any, result: Any) -> float | None:
     return float(value)
 
 
+def check_run(cfg: DictConfig, out_dir: Path | None = None) -> tuple[FuseConfig, Any, Path]:
+    """Everything that may refuse the run, before it writes anything: ``check_config``, the
+    run folder's writability, and the stage's ``check_folder(cfg, out_dir)`` (a resume into a
+    folder holding captions made with other settings). A ``FuseError`` raised here is marked
+    ``_fuse_refused``: ``run_task`` then puts back what Hydra wrote into an existing folder."""
+    try:
+        root, module = check_config(cfg, out_dir)
+        out_dir = Path(out_dir) if out_dir is not None else output_dir_of(cfg)
+        check_writable(out_dir)
+        check_folder = getattr(module, "check_folder", None)
+        if check_folder is not None:
+            check_folder(root, out_dir)
+    except FuseError as err:
+        err._fuse_refused = True  # type: ignore[attr-defined]
+        raise
+    return root, module, out_dir
+
+
 def run_stage(cfg: DictConfig, out_dir: Path | None = None) -> float | None:
     """Validate the composed ``cfg`` once and run its stage on the typed root; returns the value
     named by the stage's ``OPTIMIZED_METRIC`` (for sweepers)."""
-    root, module = check_config(cfg, out_dir)
-    out_dir = Path(out_dir) if out_dir is not None else output_dir_of(cfg)
-    check_writable(out_dir)
-    tree = print_config_tree(cfg)
+    root, module, out_dir = check_run(cfg, out_dir)
+    group = run_group(root.logger, root.experiment_name)
+    if group != root.logger.group:  # a sweep's wandb group: the saved config says so
+        root.logger.group = group
+        cfg.logger.group = group
+    tree = resolved_config_yaml(cfg)
+    print_start(root, cfg, out_dir, tree)
     write_text(out_dir / "config_resolved.yaml", tree)
     threads = runtime.setup(root.seed, root.threads)["threads"]
     write_run_info(out_dir, {
@@ -142,7 +193,7 @@ def run_stage(cfg: DictConfig, out_dir: Path | None = None) -> float | None:
         "git_commit": git_commit(),
         "status": "running",
         **weights_fields(root),  # weights=random: labelled (fuse_repro.weights_label)
-    })
+    }, drop=("error",))  # a resumed run's earlier failure is not this run's
     log.info("torch threads: %d", threads)
     start = time.perf_counter()
     try:
@@ -200,11 +251,105 @@ def remove_if_empty(out_dir: Path) -> bool:
     return True
 
 
+# The files of an existing run folder that Hydra (``.hydra/``, its ``<job>.log``) and
+# ``run_stage`` (config_resolved.yaml, run_info.json) write before a stage runs, as they were
+# before this run started: ``{"folder": Path, "files": {path: (bytes | None, (atime, mtime))},
+# "hydra_dir": bool}``, taken by ``RunFolderGuard`` and put back by ``restore_run_folder``.
+_SNAPSHOT: dict[str, Any] = {}
+
+
+def _startup_files(folder: Path, output_subdir: str | None) -> list[Path]:
+    """The files a run writes into ``folder`` before its stage starts (existing or not)."""
+    names = [folder / n for n in ("config_resolved.yaml", "run_info.json", "run.log")]
+    names += sorted(folder.glob("*.log"))
+    if output_subdir:
+        sub = folder / output_subdir
+        names += [sub / n for n in ("config.yaml", "hydra.yaml", "overrides.yaml")]
+        names += sorted(sub.glob("*")) if sub.is_dir() else []
+    return sorted(set(names))
+
+
+def snapshot_run_folder(folder: Path, output_subdir: str | None = ".hydra") -> None:
+    """Remember the startup files of an existing run folder (a resume), so that a run that is
+    refused can leave it byte for byte as it was (``restore_run_folder``)."""
+    _SNAPSHOT.clear()
+    if not folder.is_dir():
+        return
+    files: dict[Path, tuple[bytes | None, tuple[int, int] | None]] = {}
+    for path in _startup_files(folder, output_subdir):
+        if path.is_file():
+            st = path.stat()
+            files[path] = (path.read_bytes(), (st.st_atime_ns, st.st_mtime_ns))
+        else:
+            files[path] = (None, None)
+    hydra_dir = folder / output_subdir if output_subdir else None
+    _SNAPSHOT.update(folder=folder, files=files, output_subdir=output_subdir,
+                     hydra_dir=hydra_dir is not None and hydra_dir.is_dir())
+
+
+def restore_run_folder(folder: Path) -> bool:
+    """Put back the startup files of ``folder`` as ``snapshot_run_folder`` found them (files
+    this run created are removed); False when no snapshot of that folder was taken."""
+    if not _SNAPSHOT or Path(_SNAPSHOT["folder"]).resolve() != Path(folder).resolve():
+        return False
+    snap = dict(_SNAPSHOT)
+    _SNAPSHOT.clear()
+    files: dict[Path, tuple[bytes | None, tuple[int, int] | None]] = snap["files"]
+    for path in _startup_files(folder, snap["output_subdir"]):
+        if path not in files and path.is_file():
+            path.unlink()  # created by this run
+    for path, (data, times) in files.items():
+        if data is None:
+            if path.is_file():
+                path.unlink()
+            continue
+        if not path.is_file() or path.read_bytes() != data:
+            # in place: Hydra's open log handle stays valid
+            with open(path, "r+b" if path.is_file() else "wb") as fh:
+                fh.write(data)
+                fh.truncate()
+        assert times is not None
+        os.utime(path, ns=times)
+    hydra_dir = folder / snap["output_subdir"] if snap["output_subdir"] else None
+    if hydra_dir is not None and not snap["hydra_dir"] and hydra_dir.is_dir():
+        shutil.rmtree(hydra_dir, ignore_errors=True)
+    return True
+
+
+class RunFolderGuard(Callback):
+    """Hydra callback (``conf/hydra/default.yaml``): before Hydra writes ``.hydra/`` and its log
+    into the run folder, remember what an existing folder held there (``snapshot_run_folder``),
+    so that a refused resume changes nothing (``run_task`` restores it)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _SNAPSHOT.clear()
+        try:
+            folder = Path(os.path.abspath(str(OmegaConf.select(config, "hydra.run.dir"))))
+            subdir = OmegaConf.select(config, "hydra.output_subdir")
+        except Exception:  # noqa: BLE001  (an unresolvable run dir: Hydra itself will say so)
+            return
+        snapshot_run_folder(folder, None if subdir is None else str(subdir))
+
+
+def hydra_quote(value: str) -> str:
+    """``value`` as a Hydra override value: as is when Hydra's grammar takes it unquoted, else
+    single-quoted with Hydra's escapes (a quote, and the backslashes before one)."""
+    if value and all(ch.isascii() and (ch.isalnum() or ch in "/._-:+~@") for ch in value):
+        return value
+    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    escaped = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped)
+    return f"'{escaped}'"
+
+
 def resume_command(out_dir: Path, argv: list[str] | None = None) -> str:
-    """The command that continues this run in the same folder."""
-    args = [a for a in (sys.argv[1:] if argv is None else argv)
-            if not a.startswith(("hydra.run.dir=", "-m", "--multirun"))]
-    return shlex.join(["python", "run.py", *args, f"hydra.run.dir={out_dir}"])
+    """The command that continues this run in the same folder: the interpreter actually running
+    and the script as it was called, the same overrides, ``hydra.run.dir=<folder>``; quoted so
+    that both the shell and Hydra's override parser take it back."""
+    argv = sys.argv if argv is None else argv
+    script = argv[0] if argv and argv[0].endswith(".py") else "run.py"
+    args = [a for a in argv[1:] if not a.startswith(("hydra.run.dir=", "-m", "--multirun"))]
+    return shlex.join([sys.executable, script, *args,
+                       f"hydra.run.dir={hydra_quote(str(out_dir))}"])
 
 
 def run_task(cfg: DictConfig) -> float | None:
@@ -228,7 +373,8 @@ def run_task(cfg: DictConfig) -> float | None:
             print(f"error: job {out_dir.name}: {one_line(err)}", file=sys.stderr, flush=True)
             return None
         print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
-        remove_if_empty(out_dir)
+        if not (getattr(err, "_fuse_refused", False) and restore_run_folder(out_dir)):
+            remove_if_empty(out_dir)
         raise SystemExit(EXIT_USER_ERROR) from None
     except Exception as err:
         err._fuse_in_task = True  # type: ignore[attr-defined]  # a bug: keep its traceback
@@ -240,6 +386,49 @@ def run_task(cfg: DictConfig) -> float | None:
                   f"traceback in {out_dir / 'run.log'}", file=sys.stderr, flush=True)
             return None
         raise
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]] | None:
+    """The override lists of the jobs ``python run.py -m <overrides>`` will run, in Hydra's job
+    order (the basic sweeper's cartesian product of the command line and ``hydra.sweeper.params``),
+    or None when another sweeper decides them while it runs."""
+    from hydra import compose
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(overrides)
+    plain = [o.input_line for o in parsed if not o.is_sweep_override() and o.input_line]
+    cfg = compose("config", overrides=plain, return_hydra_config=True)
+    if OmegaConf.select(cfg, "hydra.sweeper._target_") != \
+            "hydra._internal.core_plugins.basic_sweeper.BasicSweeper":
+        return None
+    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    lines = [f"{k}={v}" for k, v in params.items()] + list(overrides)
+    return BasicSweeper.split_arguments(parser.parse_overrides(lines), None)[0]
+
+
+def check_sweep(overrides: list[str]) -> int:
+    """Before a multirun starts, compose and check every job's config (``check_config``: the
+    schema, the device, the stage's own checks), so that one bad value stops the sweep before
+    its first job rather than after the others ran; returns the number of jobs checked."""
+    from hydra import initialize_config_dir
+
+    from fuse_repro.config.hashing import REPO_ROOT
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        jobs = sweep_jobs(overrides)
+        if jobs is None:
+            return 0
+        from hydra import compose
+
+        for num, job in enumerate(jobs):
+            try:
+                check_config(compose("config", overrides=job), Path("/nonexistent/sweep-check"))
+            except _user_error_types() as err:
+                line = one_line(err) if isinstance(err, FuseError) else compose_error_line(err)
+                raise ConfigError(f"sweep job {num} ({' '.join(job)}): {line}; no job was run")
+    return len(jobs)
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -263,7 +452,11 @@ def main(hydra_entry: Callable[[], Any], argv: list[str] | None = None) -> int:
     os.environ["FUSE_USER_FULL_ERROR"] = "1" if full else "0"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sweep.FAILED_JOBS.clear()
+    args = sys.argv[1:] if argv is None else argv
     try:
+        if {"-m", "--multirun"} & set(args) and not any(
+                a.startswith("-") and a not in ("-m", "--multirun") for a in args):
+            check_sweep([a for a in args if a not in ("-m", "--multirun")])
         hydra_entry()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

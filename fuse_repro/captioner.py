@@ -85,6 +85,11 @@ def check_search(search: SearchConfig, methods: Sequence[str] = ()) -> None:
     for name in methods:
         check_choice("pipeline.methods entry", name, tuple(SEARCH_METHODS))
     check_conventions(search)
+    if search.beam_width > search.top_k:
+        log.warning("search.beam_width=%d is larger than search.top_k=%d: the first step proposes "
+                    "only %d candidates, so it keeps fewer beams than asked; lower "
+                    "search.beam_width or raise search.top_k", search.beam_width, search.top_k,
+                    search.top_k)
 
 
 def check_objective_fits_dataset(objective: ObjectiveConfig, items: Sequence[Any],
@@ -106,7 +111,13 @@ def check_objective_fits_dataset(objective: ObjectiveConfig, items: Sequence[Any
 
 
 def check_models_available(source: ModelConfig, objective: ObjectiveConfig) -> None:
-    """The primary model and every term's model can be loaded here (no hub needed, or cached)."""
+    """The primary model is a causal LM, and it and every term's model can be loaded here (no
+    hub needed, or cached)."""
+    if source.kind != "causal_lm":
+        raise ConfigError(
+            f"model@source={source.name} is a model of kind {source.kind}, but the source model "
+            "must be a causal LM (kind causal_lm) whose tokens the search optimizes; e.g. "
+            "model@source=smollm2_135m (secondary models go in the objective's terms)")
     check_available(source)
     for term in objective.terms.values():
         check_available(term.model)
@@ -161,6 +172,31 @@ def caption_record(item: Any, method: str, result: Any, seconds: float,
     return record
 
 
+def check_prefix_fits(captioner: Captioner, search: SearchConfig) -> None:
+    """Before any item: ``search.prefix`` survives the primary's tokenizer, and the prefix plus
+    ``search.steps`` tokens (the shortest final caption) fits the context of the primary and
+    of every secondary model (their tokenizers' ``max_length``, specials included); else one
+    line naming ``search.prefix`` and the model, rather than a failure inside the first item."""
+    prefix_ids = encode_prefix(captioner.primary, search.prefix)
+    models = [(captioner.primary, len(prefix_ids))]
+    for objective in captioner.objectives:
+        model = getattr(objective, "model", None)
+        if model is not None and getattr(model, "tokenizer", None) is not None:
+            models.append((model, len(model.tokenizer.encode(search.prefix))))
+    for model, n_prefix in models:
+        tok = model.tokenizer
+        limit = getattr(tok, "max_length", None)
+        if limit is None:
+            continue
+        specials = len(tok.with_specials([])[0])
+        need = n_prefix + search.steps + specials
+        if need > limit:
+            raise ObjectiveError(
+                f"search.prefix is {n_prefix} tokens for {model.name}, whose context holds "
+                f"{limit}: with {specials} special tokens and search.steps={search.steps} a "
+                f"caption needs {need}; shorten search.prefix (or lower search.steps)")
+
+
 def caption_items(
     items: list[Any],
     captioner: Captioner,
@@ -177,7 +213,7 @@ def caption_items(
     dataset's order. ``fields`` (``provenance.results_fields``) are recorded and checked against
     what the folder holds, under the run's ``resume`` (``force`` mixes settings, stamping each
     line's config hash); without ``fields`` the folder's provenance is not kept."""
-    encode_prefix(captioner.primary, search.prefix)  # a bad prefix fails the run, not each item
+    check_prefix_fits(captioner, search)  # a bad prefix fails the run, not each item
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = None
     if fields is not None:
@@ -211,6 +247,18 @@ def caption_items(
         tracker.table(f"{search.method}/captions", ["id", "input", "caption", "total_loss"], rows)
     order = {str(it.id): i for i, it in enumerate(items)}
     return sorted(done, key=lambda r: order.get(r["id"], len(order)))
+
+
+def failed_items_line(out_dir: Path, records: Sequence[Mapping[str, Any]], items: Sequence[Any],
+                      label: str = "") -> str | None:
+    """``"<label>N of M items failed (see <errors.jsonl>)"`` when some items of the dataset have
+    no caption and are listed in ``out_dir/errors.jsonl``; None when every item has one."""
+    captioned = {str(r["id"]) for r in records}
+    failed = {str(e.get("id")) for e in read_jsonl(out_dir / ERRORS_NAME)} - captioned
+    failed &= {str(it.id) for it in items}
+    if not failed:
+        return None
+    return f"{label}{len(failed)} of {len(items)} items failed (see {out_dir / ERRORS_NAME})"
 
 
 def nothing_captioned(out_dir: Path, label: str = "") -> FuseError:

@@ -3,8 +3,11 @@
 A folder's ``captions_config.json`` holds the hash and the flattened fields (``RESULT_KEYS``:
 seed, models, objective, adapter, search, dataset minus its subset, paths and devices masked). A
 rerun into the folder with other settings is refused with one line naming the differing keys,
-unless ``resume=force``: then the folder is marked mixed and every caption line carries the
-``config_hash`` it was made with. ``records.merge_captions`` refuses shards whose hashes differ.
+unless ``resume=force``: then the folder is marked mixed, records every earlier config's fields
+(``previous_fields``, by hash) and every caption line carries the ``config_hash`` it was made
+with. The dataset's files count by content (``annotations`` as ``sha256:...``, ``image_dir`` as
+a hash of its file names and sizes), never by location. ``records.merge_captions`` refuses
+shards whose hashes differ.
 
 ``check_provenance`` only decides (it reads, never writes); ``record_provenance`` carries the
 decision out through the writers in ``records``.
@@ -12,7 +15,10 @@ decision out through the writers in ``records``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,12 +50,41 @@ def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: obj}
 
 
+def file_digest(path: str | Path) -> str:
+    """``sha256:<hex>`` of a file's bytes (what the captions depend on, wherever it lives)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def folder_digest(path: str | Path) -> str:
+    """``listing-sha256:<hex>`` of a folder's file names and sizes (not its location; reading
+    every image would cost more than the check is worth)."""
+    entries = sorted((e.name, e.stat().st_size) for e in os.scandir(path) if e.is_file())
+    return "listing-sha256:" + hashlib.sha256(json.dumps(entries).encode("utf-8")).hexdigest()
+
+
+def _dataset_identity(dataset: Any, masked: dict[str, Any]) -> dict[str, Any]:
+    """The dataset's fields minus its subset, its files named by content instead of location:
+    the same annotation file at another path (a moved checkout, the bundled demo set under
+    another clone) keeps the hash; a missing file keeps its masked path."""
+    kept = {k: v for k, v in masked.items() if k != "subset"}
+    if dataset.annotations and Path(dataset.annotations).is_file():
+        kept["annotations"] = file_digest(dataset.annotations)
+    if dataset.image_dir and Path(dataset.image_dir).is_dir():
+        kept["image_dir"] = folder_digest(dataset.image_dir)
+    return kept
+
+
 def results_fields(cfg: FuseConfig, method: str | None = None) -> dict[str, Any]:
     """The flattened config fields that determine the captions (``RESULT_KEYS``), with paths and
-    devices masked, so moving data or switching device keeps the same hash. ``method`` stands
-    in for ``search.method`` (the pipeline runs several)."""
+    devices masked and the dataset's files named by their content, so moving data or switching
+    device keeps the same hash. ``method`` stands in for ``search.method`` (the pipeline runs
+    several)."""
     kept = masked_groups(cfg, RESULT_KEYS)
-    kept["dataset"] = {k: v for k, v in kept["dataset"].items() if k != "subset"}
+    kept["dataset"] = _dataset_identity(cfg.dataset, kept["dataset"])
     if method is not None:
         kept["search"] = {**kept["search"], "method": method}
     return _flat(kept)
@@ -104,7 +139,12 @@ def check_provenance(folder: str | Path, fields: Mapping[str, Any], resume: str)
             f"rerun with the same settings, use a new run folder, or add resume=force to mix "
             f"them (each caption then records its config hash)")
     previous = sorted({*old.get("previous", []), str(old.get("hash"))} - {new_hash})
-    return Provenance({**record, "mixed": True, "previous": previous},
+    # every earlier config's values, not only its hash: {hash: fields}
+    previous_fields = {**(old.get("previous_fields") or {}),
+                       str(old.get("hash")): old.get("fields") or {}}
+    previous_fields = {h: f for h, f in previous_fields.items() if h in previous}
+    return Provenance({**record, "mixed": True, "previous": previous,
+                       "previous_fields": previous_fields},
                       None if old.get("mixed") else str(old.get("hash")), new_hash)
 
 

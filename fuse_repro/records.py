@@ -37,6 +37,8 @@ from fuse_repro.errors import FuseError
 log = logging.getLogger(__name__)
 
 CAPTIONS_NAME = "captions.jsonl"
+# Mean losses of a caption folder's captions (stage=caption, each pipeline method).
+OBJECTIVE_NAME = "objective.json"
 RUN_INFO_NAME = "run_info.json"
 # Beside a captions file: the config fields that made it (decided by fuse_repro.provenance).
 PROVENANCE_NAME = "captions_config.json"
@@ -459,12 +461,15 @@ def read_provenance(folder: str | Path) -> dict[str, Any] | None:
 # run_info.json
 
 
-def write_run_info(folder: str | Path, info: Mapping[str, Any]) -> Path:
+def write_run_info(folder: str | Path, info: Mapping[str, Any],
+                   drop: tuple[str, ...] = ()) -> Path:
     """``run_info.json``: ``{experiment, config_hash, stage?, method?, dataset?, ...}``, the
-    labels ``stage=table`` and the sweep summary read. Updates keep the earlier keys."""
+    labels ``stage=table`` and the sweep summary read. Updates keep the earlier keys, except
+    those in ``drop``."""
     path = Path(folder) / RUN_INFO_NAME
     current = read_run_info(path) if path.is_file() else {}
-    return write_json(path, {**current, **info})
+    kept = {k: v for k, v in current.items() if k not in drop}
+    return write_json(path, {**kept, **info})
 
 
 def read_run_info(path: str | Path) -> dict[str, Any]:

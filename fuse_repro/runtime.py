@@ -31,6 +31,9 @@ def resolve_device(name: Any) -> Any:
     except RuntimeError as err:
         raise ConfigError(
             f"device={name!r} is not a torch device; use cpu, cuda, cuda:N or auto") from err
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={name!r} but MPS (Apple-silicon GPU) is not available here; "
+                          "use device=cpu or auto")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} but CUDA is not available here; use device=cpu or auto")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
@@ -46,7 +49,7 @@ def check_device(name: Any) -> None:
     head, _, index = text.partition(":")
     if head not in ("auto", "cpu", "cuda", "mps") or (index and not index.isdigit()):
         raise ConfigError(f"device={name!r} is not a torch device; use cpu, cuda, cuda:N or auto")
-    if head == "cuda":
+    if head in ("cuda", "mps"):
         resolve_device(text)
 
 

@@ -2,8 +2,9 @@
 
 ``SweepSummaryCallback`` is registered in ``conf/hydra/default.yaml``; at the end of a
 ``--multirun`` it walks the sweep folder and writes ``sweep_summary.csv`` with one row per
-job (per ``metrics.json`` when a job wrote several): the job's overrides, its ``run_info.json``
-labels and every metric, nested keys flattened with dots. It reads only files, so it works
+job (per ``metrics.json`` when a job wrote several; a caption job's ``objective.json``, its mean
+losses as ``objective.*``): the job's overrides, its ``run_info.json`` labels and every metric,
+nested keys flattened with dots. It reads only files, so it works
 the same for the basic launcher and for submitit jobs that ran on other machines, and
 ``write_sweep_summary`` can be rerun by hand on an old sweep folder.
 
@@ -25,7 +26,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from fuse_repro.records import RUN_INFO_NAME, natural_key, write_text
+from fuse_repro.records import OBJECTIVE_NAME, RUN_INFO_NAME, natural_key, write_text
 from fuse_repro.table_render import format_cell
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,13 @@ def summary_rows(sweep_dir: str | Path) -> list[dict[str, str]]:
             base.update(flatten(info, "run_info"))
             failure = job_failure(info)
         others = [j for j in jobs if j != job and job in j.parents]  # nested jobs are their own
+        # metrics.json files; a caption folder without one (stage=caption) gives its
+        # objective.json (the mean losses) instead
+        found = [p for p in job.rglob("metrics.json") if ".hydra" not in p.parts]
+        found += [p for p in job.rglob(OBJECTIVE_NAME)
+                  if ".hydra" not in p.parts and not (p.parent / "metrics.json").is_file()]
         metric_files = sorted(
-            (p for p in job.rglob("metrics.json")
-             if ".hydra" not in p.parts and not any(o in p.parents for o in others)),
+            (p for p in found if not any(o in p.parents for o in others)),
             key=lambda p: natural_key(p.relative_to(job).as_posix()))
         if failure is not None:
             rows.append({k: format_cell(v) for k, v in {**base, "status": failure}.items()})
@@ -98,7 +103,8 @@ def summary_rows(sweep_dir: str | Path) -> list[dict[str, str]]:
             row = dict(base)
             row["status"] = "ok"
             row["metrics_file"] = path.relative_to(job).as_posix()
-            row.update(flatten(json.loads(path.read_text(encoding="utf-8"))))
+            values = json.loads(path.read_text(encoding="utf-8"))
+            row.update(flatten(values, "objective" if path.name == OBJECTIVE_NAME else ""))
             rows.append({k: format_cell(v) for k, v in row.items()})
     return rows
 

@@ -68,6 +68,8 @@ class Row:
     experiment: str = ""
     hashes: dict[str, str] = field(default_factory=dict)  # role -> config hash
     runs: dict[str, str] = field(default_factory=dict)  # role -> run folder (relative)
+    # role -> "<captions scored>/<items in the dataset>", for a run that scored only part of it
+    coverage: dict[str, str] = field(default_factory=dict)
 
     def label(self) -> str:
         if self.source in ("paper", "external"):
@@ -76,7 +78,12 @@ class Row:
 
     def source_label(self) -> str:
         """The Source cell: paper, external, or ours with the config hashes of its runs."""
-        return f"ours ({self.hash_label()})" if self.source == "ours" else self.source
+        text = f"ours ({self.hash_label()})" if self.source == "ours" else self.source
+        if self.coverage:
+            text += "; partial: " + ", ".join(
+                f"{n} items" if len(self.coverage) == 1 else f"{role} {n} items"
+                for role, n in self.coverage.items())
+        return text
 
     def hash_label(self, short: bool = True) -> str:
         values = []
@@ -144,11 +151,12 @@ def render_latex(title: str, columns: Sequence[Column], rows: Sequence[Row]) -> 
 def render_csv(columns: Sequence[Column], rows: Sequence[Row]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["method", "source", "experiment", "config_hashes", "runs"]
+    writer.writerow(["method", "source", "experiment", "config_hashes", "runs", "coverage"]
                     + [c.key for c in columns])
     for row in rows:
         writer.writerow([row.label(), row.source, row.experiment,
                          ";".join(f"{k}={v}" for k, v in row.hashes.items()),
-                         ";".join(f"{k}={v}" for k, v in row.runs.items())]
+                         ";".join(f"{k}={v}" for k, v in row.runs.items()),
+                         ";".join(f"{k}={v}" for k, v in row.coverage.items())]
                         + [format_value(row.values.get(c.key), c.decimals) for c in columns])
     return buf.getvalue()

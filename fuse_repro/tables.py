@@ -32,7 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from fuse_repro.errors import ConfigError
-from fuse_repro.records import RUN_INFO_NAME, natural_key, read_run_info, write_text
+from fuse_repro.records import (
+    CAPTIONS_NAME,
+    RUN_INFO_NAME,
+    natural_key,
+    read_provenance,
+    read_run_info,
+    write_text,
+)
 from fuse_repro.table_render import (
     DEFAULT_DATASETS,
     FORMATS,
@@ -220,8 +227,10 @@ def collect_runs(roots: Sequence[str | Path]) -> list[RunRecord]:
                                       "unknown")),
                 config_hash=str(_first(info.get("config_hash"), hydra.get("config_hash"),
                                        "unknown")),
+                # a scoring run's own search.method says nothing about who wrote the captions
                 method=_first(label if external else None, info.get("method"),
-                              metrics.get("method"), hydra.get("method")),
+                              metrics.get("method"),
+                              None if info.get("stage") == "score" else hydra.get("method")),
                 dataset=_first(info.get("dataset"), ds_name, hydra.get("dataset")),
                 metrics=metrics,
                 source="external" if external else "ours",
@@ -229,6 +238,43 @@ def collect_runs(roots: Sequence[str | Path]) -> list[RunRecord]:
                 problem=problem,
             ))
     return records
+
+
+def caption_only_runs(roots: Sequence[str | Path],
+                      records: Sequence[RunRecord]) -> list[RunRecord]:
+    """Caption folders under ``roots`` with no ``metrics.json`` of their own (``stage=caption``
+    runs), for the run listing: each says where it was scored, or the command that scores it."""
+    scored: dict[str, list[str]] = {}
+    for rec in records:
+        run = rec.metrics.get("captions_run")
+        if isinstance(run, str):
+            scored.setdefault(str(Path(run).resolve()), []).append(rec.relpath)
+    found: list[RunRecord] = []
+    for root_like in roots:
+        root = Path(root_like)
+        for captions in sorted(root.rglob(CAPTIONS_NAME)):
+            folder = captions.parent
+            if ".hydra" in captions.parts or (folder / "metrics.json").is_file():
+                continue
+            rel = folder.relative_to(root).as_posix()
+            info_path = _find_upwards(folder, root, RUN_INFO_NAME)
+            try:
+                info = read_run_info(info_path) if info_path is not None else {}
+                fields = (read_provenance(folder) or {}).get("fields") or {}
+            except (ValueError, OSError):  # unreadable bookkeeping: still listed
+                info, fields = {}, {}
+            by = scored.get(str(folder.resolve()))
+            problem = (f"captions only; scored in {', '.join(by)}" if by else
+                       "captions only, not scored: python run.py stage=score "
+                       f"scoring.captions={captions}")
+            found.append(RunRecord(
+                metrics_dir=folder, relpath=root.name if rel == "." else f"{root.name}/{rel}",
+                experiment=str(info.get("experiment") or "unknown"),
+                config_hash=str(info.get("config_hash") or "unknown"),
+                method=_first(info.get("method"), fields.get("search.method")),
+                dataset=_first(info.get("dataset"), fields.get("dataset.name")),
+                metrics={}, problem=problem))
+    return found
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,6 +292,15 @@ def _lookup(metrics: Mapping[str, Any], path: Sequence[str]) -> float | None:
     return float(node)
 
 
+def _coverage(metrics: Mapping[str, Any]) -> str | None:
+    """``"<captions>/<items>"`` when a run scored fewer captions than its dataset has items
+    (``scoring.allow_missing``), else None."""
+    n, total = metrics.get("num_captions"), metrics.get("num_items")
+    if isinstance(n, int) and isinstance(total, int) and n < total:
+        return f"{n}/{total}"
+    return None
+
+
 def _row_values(row: Row, columns: Sequence[Column], chosen: Mapping[str, RunRecord]) -> Row:
     for col in columns:
         rec = chosen.get(col.role)
@@ -255,6 +310,9 @@ def _row_values(row: Row, columns: Sequence[Column], chosen: Mapping[str, RunRec
         if col.role in chosen and col.role not in row.hashes:
             row.hashes[col.role] = chosen[col.role].config_hash
             row.runs[col.role] = chosen[col.role].relpath
+            covered = _coverage(chosen[col.role].metrics)
+            if covered is not None:
+                row.coverage[col.role] = covered
     return row
 
 
@@ -385,6 +443,8 @@ def build_tables(
             write_text(path, texts[fmt])
             summary["files"].append(str(path))
         summary["rows"][name] = len(ours)
+    records = [*records, *caption_only_runs(roots, records)]
+    summary["num_runs"] = len(records)
     reasons = {rec.relpath: superseded.get(rec.relpath) or
                left_out_reason(rec, roles, experiments, methods)
                for rec in records if rec.relpath not in shown}

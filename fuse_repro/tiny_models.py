@@ -74,6 +74,8 @@ def tiny_roberta(cfg: Any, cache_dir: Path, device: str | torch.device) -> TextM
         module = RobertaForSequenceClassification(config)
     dtype = model_dtype(cfg)
     module = freeze(module, dtype, device)
+    # the borrowed tokenizer's own limit (RoBERTa's 512) must not exceed the positions built
+    tokenizer.max_length = min(tokenizer.max_length or max_length, max_length)
     model = hf_text_model(cfg, "classifier", tokenizer, module, dict(enumerate(labels)))
     model.weights = "random"
     return model

@@ -56,6 +56,21 @@ class Tracker:
         self.run.log({name: wandb.Table(columns=columns, data=[[cell(v) for v in r] for r in rows])})
 
 
+def run_group(logger: LoggerConfig, experiment: str) -> str | None:
+    """The wandb group this job's run goes to: in a multirun the sweep
+    (``<experiment>-sweep-<sweep folder>``) unless ``logger.group`` was set to something other
+    than its default ``${experiment_name}``; else ``logger.group``. The entry point writes it
+    into the saved config, so the config says where the run went."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    group = logger.group
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    if hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN and group in (None, experiment):
+        group = f"{experiment}-sweep-{Path(str(hydra_cfg.sweep.dir)).name}"
+    return group
+
+
 def run_names(logger: LoggerConfig, experiment: str, out_dir: Path,
               job_type: str) -> tuple[str | None, str]:
     """(wandb group, run name). In a multirun the group is the sweep (``<experiment>-sweep-
@@ -65,12 +80,10 @@ def run_names(logger: LoggerConfig, experiment: str, out_dir: Path,
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    group = logger.group
+    group = run_group(logger, experiment)
     name = f"{experiment}-{job_type}-{out_dir.name}"
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     if hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN:
-        if group in (None, experiment):
-            group = f"{experiment}-sweep-{Path(str(hydra_cfg.sweep.dir)).name}"
         overrides = [str(o) for o in hydra_cfg.overrides.task]
         name = f"{hydra_cfg.job.num}: {' '.join(overrides)}" if overrides else name
     return group, name

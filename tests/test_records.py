@@ -134,6 +134,7 @@ def _cfg(*overrides: str):
 def test_results_fields_ignore_what_cannot_change_a_caption():
     base = results_fields(_cfg())
     assert base["search.steps"] == 6
+    # no such file here: its masked path stands in
     assert base["dataset.annotations"].startswith("<paths.data_dir>/coco/")
     assert not any(k.startswith(("scoring", "logger", "paths", "dataset.subset")) for k in base)
     moved = _cfg("paths.data_dir=/elsewhere", "device=cuda", "dataset.subset.mode=first",
@@ -167,6 +168,8 @@ def test_resume_with_other_settings_is_refused_unless_forced(tmp_path):
     assert line["config_hash"] == fields_hash(six)  # the old line keeps the hash it was made with
     recorded = json.loads((tmp_path / "captions_config.json").read_text())
     assert recorded["mixed"] and recorded["previous"] == [fields_hash(six)]
+    assert recorded["fields"] == three  # both configs' values, not only the old hash
+    assert recorded["previous_fields"] == {fields_hash(six): six}
     assert record_provenance(tmp_path, three, resume="force") == stamp  # stays mixed
 
 
@@ -203,3 +206,19 @@ def test_device_rule_checks_spelling_availability_and_index(monkeypatch):
     assert resolve_device("cuda:0") == torch.device("cuda:0")
     with pytest.raises(ConfigError, match=r"device='cuda:7' but this machine has 1 CUDA device"):
         check_device("cuda:7")
+
+
+def test_provenance_names_the_annotation_file_by_content_not_path(tmp_path):
+    """The same annotation bytes at another path (a moved checkout) give the same hash; other
+    bytes at the same path do not."""
+    demo = root_config().dataset.annotations  # the bundled demo set, under this checkout
+    copy = tmp_path / "moved checkout" / "demo.json"
+    copy.parent.mkdir()
+    copy.write_bytes(Path(demo).read_bytes())
+    here = results_fields(root_config())
+    moved = results_fields(root_config([f"dataset.annotations={copy}"]))
+    assert here["dataset.annotations"].startswith("sha256:")
+    assert fields_hash(moved) == fields_hash(here)
+    copy.write_bytes(Path(demo).read_bytes().replace(b"a", b"b", 1))
+    edited = results_fields(root_config([f"dataset.annotations={copy}"]))
+    assert fields_hash(edited) != fields_hash(here)

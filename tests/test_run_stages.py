@@ -74,9 +74,15 @@ def test_fit_writes_run_folder(fit_runs):
     assert info["status"] == "finished"
     assert proc.stdout.strip().splitlines()[-1] == f"run folder: {run_dir}"  # the last line
     assert len(info["config_hash"]) == 16 and info["git_commit"] == head_commit()
-    # The resolved config is printed at start and saved beside the outputs, hydra node left out.
+    # A few start lines are printed (the whole tree only with print_config=true); the resolved
+    # config is saved beside the outputs, hydra node left out.
     saved = (run_dir / "config_resolved.yaml").read_text()
-    assert "resolved config" in proc.stdout and saved in proc.stdout
+    assert "resolved config" not in proc.stdout and saved not in proc.stdout
+    assert proc.stdout.splitlines()[:4] == [
+        "fuse-repro: stage=fit experiment=default",
+        "  models:     source tiny_gpt2 -> target tiny_roberta",
+        f"  run folder: {run_dir}",
+        f"  config:     {run_dir / 'config_resolved.yaml'} (print_config=true prints it)"]
     resolved = yaml.safe_load(saved)
     assert "hydra" not in resolved
     assert resolved["stage"] == "fit" and resolved["source"]["name"] == "tiny_gpt2"

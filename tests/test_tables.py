@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from fuse_repro.errors import FuseError
-from tests.helpers import root_config
+from tests.helpers import SHARED, isolated_env, needs_shared, root_config, run_py
 from fuse_repro.tables import (
     PAPER_TABLE1,
     PAPER_TABLE2,
@@ -142,7 +142,7 @@ def test_tables_markdown_csv_latex(tree, tmp_path):
         "method": "fuse_coco [fuse]", "source": "ours", "experiment": "fuse_coco",
         "config_hashes": "coco=aaaaaaaa11112222;nocaps=bbbbbbbb33334444",
         "runs": "coco=outputs/fuse_coco/2024-01-01_00-00-00;"
-                "nocaps=outputs/fuse_coco/2024-01-02_00-00-00/fuse",
+                "nocaps=outputs/fuse_coco/2024-01-02_00-00-00/fuse", "coverage": "",
         "coco_B4": "1.59", "coco_M": "14.72", "coco_C": "15.93", "coco_S": "–",
         "nocaps_C": "20.65", "nocaps_S": "6.64"}
     rows2 = list(csv.DictReader(io.StringIO((tmp_path / "tables" / "table2.csv").read_text())))
@@ -225,3 +225,46 @@ def test_table_stage(tree, tmp_path):
 def _fresh(tree: Path, out: Path, name: str) -> str:
     build_tables([tree], out)
     return (out / name).read_text()
+
+
+@pytest.mark.slow
+@needs_shared
+def test_an_external_results_file_is_never_shown_as_ours(tmp_path: Path) -> None:
+    """Issue 18: a 2-caption COCO results file scored under experiment=coco_text_targets (whose
+    search.method is fuse) is an external row named after the file, with its partial coverage;
+    it neither appears as ``coco_text_targets [fuse] | ours`` nor replaces our FUSE row."""
+    coco = json.loads((SHARED / "coco_karpathy" / "captions_karpathy_test5k_cocofmt.json")
+                      .read_text())
+    ids = [im["id"] for im in coco["images"][:2]]
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps([{"image_id": i, "caption": "a man riding a horse"}
+                                   for i in ids]))
+    logs = tmp_path / "logs"
+    # Our FUSE row, as a pipeline's method folder records it.
+    ours = logs / "coco_text_targets" / "2020-01-01_00-00-00" / "fuse"
+    ours.mkdir(parents=True)
+    (ours / "metrics.json").write_text(json.dumps({
+        "dataset": {"name": "coco_text_targets"}, "method": "fuse", "num_captions": 50,
+        "num_items": 50, "metrics": {"Bleu_1": 0.5, "Bleu_4": 0.1, "METEOR": 0.2,
+                                      "ROUGE_L": 0.3, "CIDEr": 0.4}}))
+    (ours / "run_info.json").write_text(json.dumps({
+        "experiment": "coco_text_targets", "method": "fuse", "config_hash": "f" * 16,
+        "dataset": "coco_text_targets"}))
+    env = {**isolated_env(tmp_path, tmp_path / "cache"), "FUSE_DATA_DIR": str(SHARED),
+           "FUSE_LOG_DIR": str(logs)}
+    # the issue's command; scoring.metrics=[Bleu] only spares METEOR's 20 s
+    run_py(["stage=score", "experiment=coco_text_targets", "dataset.subset.mode=all",
+            "scoring.allow_missing=true", f"scoring.captions={results}", "scoring.metrics=[Bleu]",
+            "logger=none"], env)
+    run_py(["stage=table", f"table.roots=[{logs}]", "logger=none",
+            f"hydra.run.dir={tmp_path / 'table'}"], env)
+    md = (tmp_path / "table" / "table_coco_text.md").read_text().splitlines()
+    rows = [line for line in md if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == 2, md
+    assert rows[0].startswith("| results.json | external; partial: 2/5000 items | "), rows
+    assert rows[1] == "| coco_text_targets [fuse] | ours (ffffffff) | 50.00 | 10.00 | 20.00 | " \
+                      "30.00 | 40.00 |", rows
+    table_csv = list(csv.DictReader(io.StringIO((tmp_path / "table" / "table_coco_text.csv")
+                                                .read_text())))
+    assert [(r["method"], r["source"], r["coverage"]) for r in table_csv] == [
+        ("results.json", "external", "coco_text=2/5000"), ("coco_text_targets [fuse]", "ours", "")]

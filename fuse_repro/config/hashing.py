@@ -66,6 +66,7 @@ def stable_hash(obj: Any, length: int = 16) -> str:
 # Top-level keys that never change a result: where files go, how runs are logged, which device.
 RUN_HASH_EXCLUDE = (
     "paths", "logger", "device", "stage", "threads", "resume", "optimized_metric", "debug",
+    "print_config",
 )
 # Fields that name a device below the root (wired to ${device}): masked like the root key.
 DEVICE_FIELDS = {("scoring", "sentiment", "device")}

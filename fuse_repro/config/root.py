@@ -28,6 +28,8 @@ from fuse_repro.errors import ConfigError
 # check: refuse to resume a caption folder made with other settings; force: mix them
 # (fuse_repro.provenance).
 RESUME_MODES = ("check", "force")
+# The largest seed: numpy's generators take 0 .. 2**32 - 1.
+SEED_MAX = 2**32 - 1
 
 
 @dataclass
@@ -70,6 +72,9 @@ class FuseConfig:
     threads: int | None = 1
     # Full tracebacks for user errors (else one line `error: ...`); HYDRA_FULL_ERROR=1 also does.
     debug: bool = False
+    # Print the whole resolved config at the start (it is always saved as config_resolved.yaml);
+    # else a few lines: stage, experiment, models, run folder.
+    print_config: bool = False
     paths: PathsConfig = MISSING
     logger: LoggerConfig = MISSING
     source: ModelConfig = MISSING
@@ -90,3 +95,5 @@ class FuseConfig:
         check_choice("resume", self.resume, RESUME_MODES)
         if self.threads is not None:
             check_min("threads", self.threads, 1)
+        if not 0 <= self.seed <= SEED_MAX:  # numpy's seed range (every generator derives from it)
+            raise ConfigError(f"seed={self.seed} must be between 0 and {SEED_MAX}; e.g. seed=0")

@@ -231,6 +231,25 @@ def _unknown_key_line(key: str, schema_name: str, source: str) -> str:
             f"'{leaf}'){known}")
 
 
+_QUOTE_HINT = ("quote the value for Hydra inside shell quotes, e.g. "
+               "\"dataset.annotations='/data/my files/résumé.json'\"")
+
+
+def _quoting_line(text: str) -> str | None:
+    """One line for an override Hydra's grammar could not read: characters it does not take
+    unquoted (spaces, non-ASCII letters), or a value the shell split at a space."""
+    first = text.strip()
+    lexer = re.match(r"LexerNoViableAltException: (.*?)\s*\^", first, re.S)
+    if lexer:
+        return (f"cannot read the override {lexer.group(1).strip()!r}: a value with spaces or "
+                f"non-ASCII characters must be quoted; {_QUOTE_HINT}")
+    split = re.match(r"Error parsing override '(.*?)'\s*missing EQUAL", first, re.S)
+    if split:
+        return (f"override {split.group(1)!r} has no '=': a value with a space was split by the "
+                f"shell; {_QUOTE_HINT}")
+    return None
+
+
 def compose_error_line(err: BaseException) -> str:
     """One line for a Hydra composition error (a key its schema lacks, a wrong type, a missing
     option): what is wrong, where, and the fix. For the entry point's ``error:`` line."""
@@ -243,6 +262,9 @@ def compose_error_line(err: BaseException) -> str:
     text = "\n".join(texts)
     where = _IN_FILE.search(text)
     source = f" (in conf/{where.group(1)}.yaml)" if where and where.group(1) != "config" else ""
+    quoting = _quoting_line(texts[0])
+    if quoting is not None:
+        return quoting
     missing = _KEY_NOT_IN.search(text)
     if missing:
         full = _FULL_KEY.search(text)

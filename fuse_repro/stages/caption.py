@@ -19,13 +19,16 @@ from fuse_repro.captioner import (
     check_models_available,
     check_objective_fits_dataset,
     check_search,
+    cosine_terms,
+    failed_items_line,
     nothing_captioned,
+    objective_means,
 )
 from fuse_repro.config import ConfigError, FuseConfig
 from fuse_repro.corpus import check_corpus
 from fuse_repro.data import Item, load_dataset
 from fuse_repro.provenance import check_provenance, results_fields
-from fuse_repro.records import CAPTIONS_NAME
+from fuse_repro.records import CAPTIONS_NAME, OBJECTIVE_NAME, write_json
 from fuse_repro.runtime import resolve_device
 from fuse_repro.search import check_eval_dtype
 from fuse_repro.tracking import open_tracker
@@ -55,10 +58,15 @@ def check(cfg: FuseConfig, methods: tuple[str, ...] = ()) -> None:
     check_models_available(cfg.source, cfg.objective)
 
 
+def check_folder(cfg: FuseConfig, out_dir: Path) -> None:
+    """Refuse a resume into a folder holding captions made with other settings, before the run
+    writes anything into it (``app.check_run``)."""
+    check_provenance(out_dir, results_fields(cfg), cfg.resume)
+
+
 def run(cfg: FuseConfig, out_dir: Path) -> dict[str, Any]:
     items = dataset_items(cfg)
     fields = results_fields(cfg)
-    check_provenance(out_dir, fields, cfg.resume)  # refuse a mismatched resume before loading
     captioner = build_captioner(cfg.source, cfg.objective, cfg.adapter, Path(cfg.paths.cache_dir),
                                 resolve_device(cfg.device))
     with open_tracker(cfg, out_dir, "caption", {"adapter_keys": captioner.adapter_keys}) as tracker:
@@ -67,8 +75,14 @@ def run(cfg: FuseConfig, out_dir: Path) -> dict[str, Any]:
         if not records:
             raise nothing_captioned(out_dir)
         mean_total = sum(r["losses"]["total"] for r in records) / len(records)
+        # the objective means (as each pipeline method's): a caption sweep's summary reads them
+        write_json(out_dir / OBJECTIVE_NAME, objective_means(records,
+                                                             cosine_terms(captioner.objectives)))
         tracker.summary({"captions": len(records), "mean_total_loss": mean_total})
     if banner(cfg):
         print(banner(cfg))
     print(f"{len(records)} captions in {out_dir / CAPTIONS_NAME}")
+    failed = failed_items_line(out_dir, records, items)
+    if failed:
+        print(f"WARNING: {failed}")
     return {"captions": len(records), "objective": mean_total, "adapter_keys": captioner.adapter_keys}

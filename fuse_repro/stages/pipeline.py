@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from fuse_repro.captioner import (
@@ -19,6 +20,7 @@ from fuse_repro.captioner import (
     build_captioner,
     caption_items,
     cosine_terms,
+    failed_items_line,
     history_curves,
     nothing_captioned,
     objective_means,
@@ -26,7 +28,7 @@ from fuse_repro.captioner import (
 from fuse_repro.config import FuseConfig, run_config_hash
 from fuse_repro.plots import plot_search_curves
 from fuse_repro.provenance import check_provenance, results_fields
-from fuse_repro.records import CAPTIONS_NAME, write_json, write_run_info
+from fuse_repro.records import CAPTIONS_NAME, OBJECTIVE_NAME, write_json, write_run_info
 from fuse_repro.runtime import resolve_device
 from fuse_repro.scoring import score_captions_file
 from fuse_repro.stages import caption
@@ -42,6 +44,13 @@ OPTIMIZED_METRIC = "objective"
 def check(cfg: FuseConfig) -> None:
     """Config-only validation: the caption checks, with every method of pipeline.methods."""
     caption.check(cfg, methods=tuple(cfg.pipeline.methods))
+
+
+def check_folder(cfg: FuseConfig, out_dir: Path) -> None:
+    """Refuse a resume whose method folders hold captions made with other settings, before the
+    run writes anything (``app.check_run``)."""
+    for method in cfg.pipeline.methods:
+        check_provenance(out_dir / method, results_fields(cfg, method=method), cfg.resume)
 
 
 def run_method(cfg: FuseConfig, method: str, items: list[Any], captioner: Captioner,
@@ -62,7 +71,7 @@ def run_method(cfg: FuseConfig, method: str, items: list[Any], captioner: Captio
         labels=weights_fields(cfg),  # a random-weight run: metrics.json says so
     )
     means = objective_means(records, cosine_terms(captioner.objectives))
-    write_json(method_dir / "objective.json", means)
+    write_json(method_dir / OBJECTIVE_NAME, means)
     # Labels for stage=table: one row per (experiment, method) with the run's hash.
     write_run_info(method_dir, {
         "experiment": cfg.experiment_name,
@@ -76,15 +85,14 @@ def run_method(cfg: FuseConfig, method: str, items: list[Any], captioner: Captio
     tracker.summary({f"{method}/{k}": v for k, v in metrics.get("metrics", {}).items()
                      if isinstance(v, (int, float))})
     row = {"method": method, "label": row_name(method, cfg), "metrics": metrics,
-           "objective": means}
+           "objective": means, "failed": failed_items_line(method_dir, records, items,
+                                                           label=f"{method}: ")}
     return row, history_curves(records)
 
 
 def run(cfg: FuseConfig, out_dir: Path) -> dict[str, Any]:
     methods = cfg.pipeline.methods
     items = dataset_items(cfg)
-    for method in methods:  # refuse a mismatched resume before loading models
-        check_provenance(out_dir / method, results_fields(cfg, method=method), cfg.resume)
     captioner = build_captioner(cfg.source, cfg.objective, cfg.adapter, Path(cfg.paths.cache_dir),
                                 resolve_device(cfg.device))
     similarity = next(iter(cosine_terms(captioner.objectives)), None)
@@ -109,14 +117,15 @@ def run(cfg: FuseConfig, out_dir: Path) -> dict[str, Any]:
         **weights_fields(cfg),
     }
     write_json(out_dir / "summary.json", summary)
-    print_summary(cfg, out_dir, table_path, plot_path, captioner.adapter_keys)
+    print_summary(cfg, out_dir, table_path, plot_path, captioner.adapter_keys,
+                  [r["failed"] for r in rows if r["failed"]])
     fuse_row = next((r for r in rows if r["method"] == "fuse"), rows[0])
     return {"objective": fuse_row["objective"]["mean_objective"], **summary}
 
 
 def print_summary(cfg: FuseConfig, out_dir: Path, table_path: Path, plot_path: Path | None,
-                  adapter_keys: dict[str, str]) -> None:
-    """The table and where every output went."""
+                  adapter_keys: dict[str, str], failed: Sequence[str] = ()) -> None:
+    """The table, where every output went, and how many items each method failed."""
     print()
     print(table_path.read_text(encoding="utf-8"))
     if banner(cfg):
@@ -130,3 +139,5 @@ def print_summary(cfg: FuseConfig, out_dir: Path, table_path: Path, plot_path: P
               "per_caption.jsonl")
     print(f"  adapters:     {Path(cfg.paths.cache_dir) / 'adapters'} "
           f"({', '.join(adapter_keys.values())})")
+    for line in failed:
+        print(f"WARNING: {line}")

@@ -10,6 +10,7 @@ marks the results of an external system (its table row says "external", never "o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,12 @@ def captions_path(cfg: FuseConfig, out_dir: Path) -> Path:
     """``scoring.captions``, else this run's captions.jsonl; an error naming the fix when the
     file is not there."""
     path = Path(cfg.scoring.captions) if cfg.scoring.captions else out_dir / CAPTIONS_NAME
+    if path.is_dir():
+        inside = path / CAPTIONS_NAME
+        hint = (f"scoring.captions={inside}" if inside.is_file() else
+                "scoring.captions=<a captions.jsonl or COCO results JSON file>")
+        raise RecordsError(f"scoring.captions={str(path)!r} is a folder, not a results file; "
+                           f"give the file: {hint}")
     if not path.is_file():
         raise RecordsError(
             f"captions file {str(path)!r} not found; set scoring.captions=<a captions.jsonl "
@@ -57,12 +64,15 @@ def check(cfg: FuseConfig) -> None:
 
 
 def source_labels(path: Path, label: str | None) -> dict[str, Any]:
-    """Labels for the tables: the caption run's own (when the file sits in one), or external."""
+    """What produced the captions, for the tables: the caption run's own labels when the file
+    is a ``captions.jsonl`` in a run folder (its ``run_info.json``), else an external system
+    named by ``scoring.label`` or, without one, by the file's name. Never this scoring run's
+    experiment or search method: they say nothing about who wrote the captions."""
     if label is not None:
         return {"source": "external", "label": label, "method": label}
     info_path = path.parent / RUN_INFO_NAME
     if path.name != CAPTIONS_NAME or not info_path.is_file():
-        return {"source": "ours"}
+        return {"source": "external", "label": path.name, "method": path.name}
     info = read_run_info(info_path)
     labels = {k: info[k] for k in ("experiment", "config_hash", "method", "weights", "weights_note")
               if info.get(k)}
@@ -75,8 +85,11 @@ def run(cfg: FuseConfig, out_dir: Path) -> dict[str, Any]:
     # The scoring run or the caption run had random weights: metrics.json says so.
     random = weights_fields(cfg) or {k: labels[k] for k in ("weights", "weights_note")
                                      if k in labels}
-    metrics = score_captions_file(path, load_dataset(cfg.dataset), cfg.scoring, out_dir=out_dir,
-                                  dataset=dataset_record(cfg.dataset), labels=random)
+    # Scoring reads the references only: an experiment that captions images (require_images)
+    # scores a published results file without them.
+    items = load_dataset(dataclasses.replace(cfg.dataset, require_images=False))
+    metrics = score_captions_file(path, items, cfg.scoring, out_dir=out_dir,
+                                  dataset=dataset_record(cfg.dataset), labels={**labels, **random})
     write_run_info(out_dir, {"scored_file": str(path), "dataset": cfg.dataset.name,
                              **labels, **random})
     scores = metrics.get("metrics", {})
@@ -94,5 +107,8 @@ def run(cfg: FuseConfig, out_dir: Path) -> dict[str, Any]:
     if random:
         print(f"WARNING: {random['weights_note']}")
     print(f"scored {metrics['num_captions']} captions of {path} ({fmt})")
+    if labels["source"] == "external" and cfg.scoring.label is None:
+        print(f"its table row is 'external' and named {path.name!r}; "
+              "scoring.label=<system> names it")
     numeric = {k: v for k, v in scores.items() if isinstance(v, (int, float))}
     return {**numeric, "objective": scores.get("CIDEr"), "metrics": metrics}

@@ -22,6 +22,11 @@ def run(cfg: FuseConfig, out_dir: Path) -> dict[str, Any]:
     summary = build_tables(table.roots, target, datasets=table.datasets,
                            experiments=table.experiments, methods=table.methods,
                            formats=table.formats)
+    if summary["num_runs"] == 0:
+        roots = ", ".join(str(r) for r in table.roots)
+        print(f"No runs found under {roots}: the tables hold the paper's rows only. Run "
+              "`python run.py` (or an experiment, or stage=score on a results file) first, or "
+              "point table.roots=[<run or multirun folders>] at earlier runs.")
     for path in summary["files"]:
         if path.endswith(".md"):
             print(Path(path).read_text(encoding="utf-8"))
