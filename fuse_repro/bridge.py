@@ -134,6 +134,18 @@ def _control_maps(maps: dict[int, torch.Tensor], kind: str, seed: int) -> dict[i
     return out
 
 
+
+def right_pad(full_ids: list[list[int]], pad_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target id rows right-padded to the longest: ids (B, S_j) and attention mask (B, S_j)."""
+    max_len = max(len(f) for f in full_ids)
+    ids_pad = torch.full((len(full_ids), max_len), pad_id if pad_id is not None else 0,
+                         dtype=torch.long)  # (B, S_j)
+    mask = torch.zeros((len(full_ids), max_len), dtype=torch.long)  # (B, S_j)
+    for b, full in enumerate(full_ids):
+        ids_pad[b, : len(full)] = torch.tensor(full, dtype=torch.long)
+        mask[b, : len(full)] = 1
+    return ids_pad, mask
+
 class Bridge:
     """Maps primary-model embeddings to a secondary model's input embeddings.
 
@@ -261,13 +273,7 @@ class Bridge:
                 [((ts + offset, te + offset), (ss, se), word)
                  for (ts, te), (ss, se), word in zip(tgt_spans, src_spans, text.split())]
             )
-        max_len = max(len(f) for f in full_ids)
-        pad_id = tok_t.pad_id if tok_t.pad_id is not None else 0
-        ids_pad = torch.full((len(src_ids), max_len), pad_id, dtype=torch.long)  # (B, S_j)
-        mask = torch.zeros((len(src_ids), max_len), dtype=torch.long)  # (B, S_j)
-        for b, full in enumerate(full_ids):
-            ids_pad[b, : len(full)] = torch.tensor(full, dtype=torch.long)
-            mask[b, : len(full)] = 1
+        ids_pad, mask = right_pad(full_ids, tok_t.pad_id)  # (B, S_j) each
         return texts, full_ids, ids_pad, mask, words, token_rows
 
     # -- evaluation: ids only ------------------------------------------------------------------
@@ -350,14 +356,7 @@ class Bridge:
 
     def embed_ids(self, full_ids: list[list[int]], texts: list[str]) -> TargetBatch:
         """The target inputs of full target ids, right-padded to the longest (no gradient path)."""
-        tok_t = self.target.tokenizer
-        max_len = max(len(f) for f in full_ids)
-        pad_id = tok_t.pad_id if tok_t.pad_id is not None else 0
-        ids_pad = torch.full((len(full_ids), max_len), pad_id, dtype=torch.long)  # (B, S_j)
-        mask = torch.zeros((len(full_ids), max_len), dtype=torch.long)  # (B, S_j)
-        for b, full in enumerate(full_ids):
-            ids_pad[b, : len(full)] = torch.tensor(full, dtype=torch.long)
-            mask[b, : len(full)] = 1
+        ids_pad, mask = right_pad(full_ids, self.target.tokenizer.pad_id)  # (B, S_j) each
         model = self.source if self.kind == "identity" else self.target
         with torch.no_grad():
             embeds = model.embed(ids_pad.to(model.device))  # (B, S_j, d_j)

@@ -327,13 +327,7 @@ class TextModel:
         for block, (k, v) in zip(m.transformer.resblocks, cache):
             past = (k[group[:1]], v[group[:1]]) if shared else (k[group], v[group])
             x, _ = self._clip_block(block, x, past, mask)
-        x = m.ln_final(x)
-        pooled = x[torch.arange(B, device=x.device), lengths - 1]  # (B, w)
-        if m.text_projection is None:
-            return pooled
-        if isinstance(m.text_projection, nn.Linear):
-            return m.text_projection(pooled)  # (B, e)
-        return pooled @ m.text_projection  # (B, e)
+        return _clip_pool(m, x, lengths)
 
     def _padding_aware_positions(self, attention_mask: torch.Tensor) -> torch.Tensor | None:
         """RoBERTa numbers positions from its padding index and skips pads, but only when it
@@ -371,13 +365,19 @@ class TextModel:
         x = embeds.to(cast_dtype) + m.positional_embedding[:S].to(cast_dtype)  # (B, S, w)
         attn_mask = m.attn_mask[:S, :S] if m.attn_mask is not None else None  # (S, S) causal
         x = m.transformer(x, attn_mask=attn_mask)  # (B, S, w)
-        x = m.ln_final(x)
-        pooled = x[torch.arange(B, device=x.device), lengths - 1]  # (B, w)
-        if m.text_projection is None:
-            return pooled
-        if isinstance(m.text_projection, nn.Linear):
-            return m.text_projection(pooled)  # (B, e)
-        return pooled @ m.text_projection  # (B, e)
+        return _clip_pool(m, x, lengths)
+
+
+def _clip_pool(m: Any, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """CLIP's text features: final norm, the hidden state at each row's last real token (EOT),
+    then the text projection: (B, S, w), (B,) -> (B, e)."""
+    x = m.ln_final(x)
+    pooled = x[torch.arange(x.shape[0], device=x.device), lengths - 1]  # (B, w)
+    if m.text_projection is None:
+        return pooled
+    if isinstance(m.text_projection, nn.Linear):
+        return m.text_projection(pooled)  # (B, e)
+    return pooled @ m.text_projection  # (B, e)
 
 
 def _shared_prefix_attention(
