@@ -41,6 +41,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from fuse_repro.config import AdapterConfig, stable_hash
+from fuse_repro.config.schemas import FIT_DTYPES
 from fuse_repro.corpus import Bucket, fitting_corpus, make_buckets, timed
 from fuse_repro.errors import FuseError
 from fuse_repro.records import atomic_dir, write_json
@@ -56,7 +57,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 3
 # Fitting words used to estimate the fit residual in the report.
 RESIDUAL_SAMPLE = 4096
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = {name: getattr(torch, name) for name in FIT_DTYPES}  # adapter.fit_dtype's one list
 
 
 class AdapterError(FuseError, ValueError):

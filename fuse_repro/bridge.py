@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fuse_repro.adapter import AdapterError, FittedAdapter
+from fuse_repro.config.schemas import OVERFLOW_POLICIES
 from fuse_repro.tensor import tprod, ttranspose
 
 if TYPE_CHECKING:
@@ -58,7 +59,6 @@ if TYPE_CHECKING:
 __all__ = ["MAP_KINDS", "OVERFLOW_POLICIES", "Bridge", "ExtensionIds", "TargetBatch"]
 
 MAP_KINDS = ("fitted", "random", "mean")
-OVERFLOW_POLICIES = ("random", "zero")
 
 
 @dataclass

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from fuse_repro.errors import ConfigError
-from fuse_repro.config.model import MODEL_KINDS
+from fuse_repro.config.model import MODEL_DTYPES, MODEL_KINDS
 from fuse_repro.config.model import WEIGHTS as MODEL_WEIGHTS
 from fuse_repro.weights import cfg_get
 from fuse_repro.word_spans import WordTokenizer, sha256_json
@@ -404,7 +404,7 @@ def _shared_prefix_attention(
 # ----------------------------------------------------------------------------------------------
 # Build helpers
 # ----------------------------------------------------------------------------------------------
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_DTYPES = {name: getattr(torch, name) for name in MODEL_DTYPES}  # the schema's one list
 
 
 def model_dtype(cfg: Any) -> torch.dtype:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fuse_repro.config.model import TOKENIZER_SOURCES
 from fuse_repro.errors import ConfigError
 from fuse_repro.records import atomic_dir
 from fuse_repro.weights import cfg_get, gguf_tokenizer_dir, gpt2_bpe_dir, hf_load, hf_source
@@ -422,7 +423,6 @@ def roberta_bpe_tokenizer(
     return HFTokenizer(hf, name=name)
 
 
-TOKENIZER_SOURCES = ("gguf", "hf", "open_clip", "gpt2_bpe", "roberta_bpe")
 
 
 def load_tokenizer(cfg: Any, cache_dir: Path) -> WordTokenizer:

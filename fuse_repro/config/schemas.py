@@ -60,6 +60,9 @@ class PathsConfig:
 
 # -------------------------------------------------------------------------------------- adapter
 CORPUS_KINDS = ("wordfreq", "text_file", "wikitext")
+# What a target word longer than the adapter's cap becomes (fuse_repro.bridge.Bridge applies it).
+OVERFLOW_POLICIES = ("random", "zero")
+FIT_DTYPES = ("float32", "float64")
 
 
 @dataclass
@@ -114,8 +117,8 @@ class AdapterConfig:
         check_min("adapter.heldout_words", self.heldout_words, 0)
         if self.rcond is not None and not 0.0 <= self.rcond < 1.0:
             raise ConfigError(f"adapter.rcond must be null or in [0, 1), got {self.rcond}")
-        check_choice("adapter.overflow", self.overflow, ("random", "zero"))
-        check_choice("adapter.fit_dtype", self.fit_dtype, ("float32", "float64"))
+        check_choice("adapter.overflow", self.overflow, OVERFLOW_POLICIES)
+        check_choice("adapter.fit_dtype", self.fit_dtype, FIT_DTYPES)
 
 
 # ------------------------------------------------------------------------------------ objective
