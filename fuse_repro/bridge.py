@@ -44,6 +44,7 @@ Controls (``Bridge.with_maps``) replace the maps while keeping everything else:
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -336,10 +337,8 @@ class Bridge:
             if head is None or not tok_t.separable(text):
                 contents.append(None)
                 continue
-            words, shared = text.split(), 0
-            beam_words = words_of[b]
-            while shared < min(len(words), len(beam_words)) and words[shared] == beam_words[shared]:
-                shared += 1
+            words = text.split()
+            shared = len(os.path.commonprefix([words, words_of[b]]))  # words kept from the beam
             ids = list(head[shared])
             for w in words[shared:]:
                 ids.extend(tok_t.encode(w))

@@ -16,6 +16,7 @@ candidate's own loss on its own rows of ``E_i``.
 from __future__ import annotations
 
 import logging
+import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, TYPE_CHECKING
@@ -23,7 +24,7 @@ from typing import Any, ClassVar, TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from fuse_repro.bridge import Bridge, ExtensionIds, TargetBatch
+from fuse_repro.bridge import Bridge, ExtensionIds, TargetBatch, right_pad
 from fuse_repro.errors import FuseError, ObjectiveError  # noqa: F401 - ObjectiveError: re-exported
 
 if TYPE_CHECKING:
@@ -118,12 +119,7 @@ class SecondaryObjective(ABC):
 
 def common_prefix(a: list[int], b: list[int]) -> int:
     """Length of the longest common prefix of two id lists."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+    return len(os.path.commonprefix([a, b]))  # element-wise on any sequences, not only paths
 
 
 def merge_extensions(parts: list[ExtensionIds]) -> ExtensionIds:
@@ -165,21 +161,15 @@ def prefix_cached_features(model: SecondaryModel, ext: ExtensionIds, chunk: int)
     new-token count, so padded only where the count changes)."""
     device = model.device
     prefixes = [b[:-1] for b in ext.beams]  # (G,) beam ids without the end-of-text
-    P = max(len(p) for p in prefixes)
-    pad = model.tokenizer.pad_id or 0
-    ids = torch.full((len(prefixes), P), pad, dtype=torch.long)  # (G, P)
-    for g, p in enumerate(prefixes):
-        ids[g, : len(p)] = torch.tensor(p, dtype=torch.long)
+    pad = model.tokenizer.pad_id
+    ids, _ = right_pad(prefixes, pad)  # (G, P)
     cache = model.prefix_cache(model.embed(ids.to(device)))
     shared = [min(common_prefix(c, prefixes[g]), len(c) - 1) for g, c in zip(ext.group, ext.candidates)]
     new = [c[s:] for c, s in zip(ext.candidates, shared)]
     chunks = candidate_chunks(ext.group, [len(n) for n in new], chunk)
     out: torch.Tensor | None = None
     for rows in chunks:
-        T = max(len(new[i]) for i in rows)
-        batch = torch.full((len(rows), T), pad, dtype=torch.long)  # (B, T)
-        for r, i in enumerate(rows):
-            batch[r, : len(new[i])] = torch.tensor(new[i], dtype=torch.long)
+        batch, _ = right_pad([new[i] for i in rows], pad)  # (B, T)
         feats = model.extend_features(
             cache,
             torch.tensor([ext.group[i] for i in rows], device=device),

@@ -178,8 +178,9 @@ def search_items(
                 if not live:
                     break
                 step_together(live)
-                done = [s for s in live if should_stop(s)]
-                live = [s for s in live if not should_stop(s)]
+                stopped = [should_stop(s) for s in live]
+                done = [s for s, stop in zip(live, stopped) if stop]
+                live = [s for s, stop in zip(live, stopped) if not stop]
                 share = (time.perf_counter() - start) / max(len(states), 1)
                 for state in done:
                     yield state.item, result_of(state), share
