@@ -11,6 +11,7 @@
 #      side (same state; same chosen tokens), and the SentiCap one (+ RoBERTa);
 #   3. precision agreement (search.eval_dtype tf32 and bfloat16 vs float32) on the same states:
 #      4 consecutive steps of the COCO search, selected beams and top-16 candidates;
+#   0. runs the CUDA-only tests (tests/test_tensor.py -k cuda);
 #   4. times 16-step captions of 8 synthetic images at those settings, one at a time and with
 #      search.items_per_step 8 (their candidates in shared batches);
 #   5. prints a table (seconds per step, per caption, peak GPU memory; fit seconds and memory)
@@ -35,6 +36,11 @@ CACHE=${FUSE_CACHE_DIR:-.cache}
 if [[ "$DEVICE" == cuda* ]]; then
   "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'error: no CUDA device visible to torch; run on the GPU machine or set GPU_CHECK_DEVICE=cpu')"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+fi
+# The CUDA-only tests (tensor algebra on the GPU against the CPU float64 path) first: quick, and
+# they show the environment works before the benchmark spends its minutes.
+if [[ "$DEVICE" == cuda* ]]; then
+  timeout 120 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_tensor.py -k cuda
 fi
 # The corpus tokenization is cached per tokenizer under $CACHE/tokenized: a fresh machine pays
 # it once (about a minute), a rerun reads it.
