@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,8 @@ if TYPE_CHECKING:
 __all__ = ["MAP_KINDS", "OVERFLOW_POLICIES", "Bridge", "ExtensionIds", "TargetBatch"]
 
 MAP_KINDS = ("fitted", "random", "mean")
+# Bound on the overflow words' Jacobians kept once drawn (Bridge._random_jacobian_t), per bridge.
+OVERFLOW_CACHE_BYTES = 1 << 30
 
 
 @dataclass
@@ -155,7 +158,8 @@ class Bridge:
     backward is the adjoint of the fitted per-word linear model.
 
     ``overflow``: policy for words outside the fitted maps ("random" | "zero", module doc).
-    ``seed``: seeds the overflow Jacobians. ``device``: where the maps live and the backward
+    ``seed``: seeds the overflow Jacobians; ``overflow_cache_bytes`` bounds those kept once
+    drawn (``_random_jacobian_t``). ``device``: where the maps live and the backward
     runs (default: the source model's device); maps are moved there once, here.
     """
 
@@ -169,6 +173,7 @@ class Bridge:
         *,
         device: str | torch.device | None = None,
         maps_kind: str = "fitted",
+        overflow_cache_bytes: int = OVERFLOW_CACHE_BYTES,
     ) -> None:
         if overflow not in OVERFLOW_POLICIES:
             raise AdapterError(f"overflow={overflow!r} is not one of {list(OVERFLOW_POLICIES)}")
@@ -193,6 +198,12 @@ class Bridge:
         # copies of _maps_t in another dtype/device, made once on first use (gradients in float64
         # in the tests, or on another device than the maps)
         self._cast: dict[tuple[torch.device, torch.dtype], dict[int, torch.Tensor]] = {}
+        # overflow words' drawn Jacobian blocks, least recently used first (_random_jacobian_t)
+        self.overflow_cache_bytes = int(overflow_cache_bytes)
+        if self.overflow_cache_bytes < 0:
+            raise AdapterError(f"overflow_cache_bytes={overflow_cache_bytes} must be >= 0")
+        self._overflow_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._overflow_bytes = 0
 
     # -- controls -----------------------------------------------------------------------------
     def with_maps(self, kind: str, seed: int = 0) -> Bridge:
@@ -205,7 +216,8 @@ class Bridge:
             raise AdapterError("the identity bridge has no maps to replace (source == target)")
         adapter = replace(self.adapter, maps=_control_maps(self.adapter.maps, kind, seed))
         return Bridge(self.source, self.target, adapter, self.overflow, self.seed,
-                      device=self.device, maps_kind=kind)
+                      device=self.device, maps_kind=kind,
+                      overflow_cache_bytes=self.overflow_cache_bytes)
 
     def maps_on(self, device: torch.device, dtype: torch.dtype) -> dict[int, torch.Tensor]:
         """The transposed maps on ``device`` in ``dtype``: the stored ones when they match, else a
@@ -451,12 +463,40 @@ class Bridge:
     def _random_jacobian_t(self, g_j: torch.Tensor, l_i: int, word_seed: int) -> torch.Tensor:
         """(l_j, d_j) -> (l_i, d_i) through a Gaussian Jacobian seeded by (seed, word, lengths):
         the same word always gets the same matrix, whatever the batch or the device (the paper's
-        policy for words past the cap, made reproducible; drawn on the CPU for that reason)."""
+        policy for words past the cap, made reproducible; drawn on the CPU for that reason).
+
+        Drawing is the cost (l_i * l_j * d_j * d_i normals: ~1 s on one CPU thread for a word
+        of 9 GPT-2 and 10 CLIP tokens), so a word's blocks are kept, once drawn, in a cache
+        bounded by ``overflow_cache_bytes`` (least recently used out first): the same word in
+        several beams, and in the next steps, is drawn once. A word larger than a quarter of
+        the bound is drawn block by block and not kept (memory stays at one block)."""
         l_j, d_j = g_j.shape
-        gen = torch.Generator(device="cpu").manual_seed(word_seed)
-        out = torch.zeros(l_i, self.source.dim, dtype=g_j.dtype, device=g_j.device)
+        d_i = self.source.dim
         scale = (l_j * d_j) ** -0.5
-        for t in range(l_i):  # one (l_j*d_j, d_i) block at a time keeps memory at a few MB
-            block = torch.randn(l_j * d_j, self.source.dim, generator=gen) * scale
-            out[t] = g_j.reshape(-1) @ block.to(g_j.device, g_j.dtype)
+        key = (word_seed, l_i, l_j, g_j.device, g_j.dtype)
+        blocks = self._overflow_cache.get(key)
+        if blocks is not None:
+            self._overflow_cache.move_to_end(key)
+        else:
+            gen = torch.Generator(device="cpu").manual_seed(word_seed)
+            nbytes = l_i * l_j * d_j * d_i * g_j.element_size()
+            if 4 * nbytes > self.overflow_cache_bytes:  # too large to keep: one block at a time
+                out = torch.zeros(l_i, d_i, dtype=g_j.dtype, device=g_j.device)
+                for t in range(l_i):
+                    block = torch.randn(l_j * d_j, d_i, generator=gen) * scale  # (l_j*d_j, d_i)
+                    out[t] = g_j.reshape(-1) @ block.to(g_j.device, g_j.dtype)
+                return out
+            # the same draws in the same order as the block-by-block path: identical values
+            blocks = torch.stack([
+                (torch.randn(l_j * d_j, d_i, generator=gen) * scale).to(g_j.device, g_j.dtype)
+                for _ in range(l_i)])  # (l_i, l_j*d_j, d_i)
+            self._overflow_cache[key] = blocks
+            self._overflow_bytes += nbytes
+            while self._overflow_bytes > self.overflow_cache_bytes:
+                _, old = self._overflow_cache.popitem(last=False)
+                self._overflow_bytes -= old.numel() * old.element_size()
+        assert blocks.shape == (l_i, l_j * d_j, d_i), tuple(blocks.shape)
+        out = torch.zeros(l_i, d_i, dtype=g_j.dtype, device=g_j.device)
+        for t in range(l_i):  # the same product per row as the uncached path
+            out[t] = g_j.reshape(-1) @ blocks[t]
         return out

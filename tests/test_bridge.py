@@ -400,3 +400,58 @@ def test_bridge_rejects_bad_shapes(toy, toy_adapter):
         bridge(ids, torch.zeros(2, 5, toy.source.dim))
     with pytest.raises(AdapterError, match="longer"):
         bridge(ids, torch.zeros(1, 0, toy.source.dim))
+
+
+def test_overflow_jacobian_cache_is_exact_and_bounded(tmp_path):
+    """The drawn overflow Jacobians are kept (Bridge.overflow_cache_bytes): a cache hit, the
+    uncached block-by-block path (bound 0) and an eviction all give the same gradient as a
+    float64 reference drawn from the documented seed, and the cache never holds more bytes
+    than its bound."""
+    import hashlib
+
+    extended = make_toy_pair(n_words=1200, seed=0, max_len=10)
+    adapter = fit_adapter(extended.source, extended.target,
+                          toy_adapter_config(tmp_path, extended.words), None)
+    tok_i, tok_j = extended.source.tokenizer, extended.target.tokenizer
+    longs = [w for w in extended.words if len(tok_j.word_ids(w)) == 5][:3]
+    assert len(longs) == 3
+    ids = [tok_i.encode(f"{longs[0]} {longs[1]}"), tok_i.encode(f"{longs[1]} {longs[2]}")]
+    d_i, d_j = extended.source.dim, extended.target.dim
+
+    def grad(bridge: Bridge) -> torch.Tensor:
+        e = torch.zeros(len(ids), max(map(len, ids)), d_i, dtype=torch.float64, requires_grad=True)
+        tb = bridge(ids, e)
+        weights = torch.arange(tb.embeds.numel(), dtype=torch.float64).reshape(tb.embeds.shape)
+        (tb.embeds * torch.sin(weights)).sum().backward()
+        return e.grad, torch.sin(weights)
+
+    cached = Bridge(extended.source, extended.target, adapter, overflow="random", seed=5)
+    first, g_tgt = grad(cached)
+    one_word = 5 * d_j * d_i * 8  # float64 blocks of a word of 5 target tokens, l_i <= 5
+    assert len(cached._overflow_cache) == 3  # longs[1] appears twice, drawn once
+    again, _ = grad(cached)  # every word from the cache
+    streamed, _ = grad(Bridge(extended.source, extended.target, adapter, overflow="random",
+                              seed=5, overflow_cache_bytes=0))
+    small = Bridge(extended.source, extended.target, adapter, overflow="random", seed=5,
+                   overflow_cache_bytes=4 * one_word)
+    evicted, _ = grad(small)
+    assert small._overflow_bytes <= small.overflow_cache_bytes
+    assert torch.equal(first, again) and torch.equal(first, streamed) and torch.equal(first, evicted)
+
+    # float64 reference from the documented seed: sha256("seed|word|l_i|l_j"), blocks of
+    # N(0, 1/(l_j d_j)) drawn in float32, in order, on the CPU; rows of word tokens only (no specials here)
+    ref = torch.zeros_like(first)
+    for b, text in enumerate([f"{longs[0]} {longs[1]}", f"{longs[1]} {longs[2]}"]):
+        s_pos, t_pos = 0, 1  # the toy target starts with CLS (as surrogate() above)
+        for word in text.split():
+            l_i, l_j = len(tok_i.word_ids(word)), len(tok_j.word_ids(word))
+            digest = hashlib.sha256(f"5|{word}|{l_i}|{l_j}".encode()).digest()
+            gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+            g = g_tgt[b, t_pos : t_pos + l_j].reshape(-1)  # (l_j*d_j,)
+            for t in range(l_i):
+                block = (torch.randn(l_j * d_j, d_i, generator=gen) * (l_j * d_j) ** -0.5).double()
+                ref[b, s_pos + t] = g @ block
+            s_pos, t_pos = s_pos + l_i, t_pos + l_j
+    torch.testing.assert_close(first, ref, rtol=1e-12, atol=1e-12)
+    with pytest.raises(AdapterError, match="overflow_cache_bytes"):
+        Bridge(extended.source, extended.target, adapter, overflow_cache_bytes=-1)
