@@ -67,7 +67,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fuse_repro.adapter import fit_adapter  # noqa: E402
-from fuse_repro.bridge import Bridge  # noqa: E402
+from fuse_repro.bridge import OVERFLOW_POLICIES, Bridge  # noqa: E402
 from fuse_repro.config import (  # noqa: E402
     AdapterConfig,
     CorpusConfig,
@@ -547,6 +547,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="processes sharing the GPU in the H200 projection")
     ap.add_argument("--fixed-step-seconds", type=float, default=0.075,
                     help="assumed per-step launch + Python latency on a GPU (projection)")
+    ap.add_argument("--overflow", choices=OVERFLOW_POLICIES, default="random",
+                    help="the bridge's policy for words past the cap (random: the paper's; zero: "
+                    "no draws, to see the step without the overflow Jacobians that a "
+                    "random-weight LM's long unbroken words cost: benchmarks/overflow_rate.py)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--clock", choices=sorted(CLOCK), default="wall",
                     help="cpu: this process's CPU seconds (a busy shared CPU, one thread)")
@@ -588,7 +592,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bridges = {}
     for name in sorted(needed - {"primary"}):
         adapter, result["fit"][name] = fit(primary, models[name], args, device)
-        bridges[name] = Bridge(primary, models[name], adapter, overflow="random", seed=0,
+        bridges[name] = Bridge(primary, models[name], adapter, overflow=args.overflow, seed=0,
                                device=device)
         print(f"fit gpt2_medium -> {name}: {result['fit'][name]['seconds']:.1f} s", flush=True)
     if args.fit_from is not None:
