@@ -23,6 +23,7 @@
 # the pure-Python dependencies it lacks (hydra-core, omegaconf, antlr4, open_clip_torch, ftfy,
 # wcwidth, wordfreq with its English lists only, langcodes, locate) and the tokenized corpus and
 # GPT-2 BPE files of FUSE_CACHE_DIR, all in one ignored folder on PYTHONPATH, with PYTHON=python3.
+# benchmarks/gpu_carry.sh prepares that folder.
 # Run (repository root, .venv built; about 6 min on an H200 (the first run: 473 s in all
 # with 8 images), hard limit 470 s for the benchmark):
 #   benchmarks/gpu_check.sh [out.json]            # default out: benchmarks/gpu_check.json
