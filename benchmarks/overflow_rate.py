@@ -7,8 +7,8 @@ paper step: a random-weight GPT-2 writes long unbroken "words". This counts, wit
 pair at its true shapes (GPT-2 medium -> CLIP ViT-B/32, real tokenizers, the fitted adapter's
 depths), what real caption text costs instead: for each caption of a file, the slot sequences a
 16-step search builds on it (``search.prefix`` + the caption's first t GPT-2 tokens + the slot
-token, t = 1..16), their words' paths, and the normals drawn per step with the bridge's cache
-(a word drawn once is reused) and without it.
+token, t = 1..16), their words' paths, and the normals drawn per slot sequence with the bridge's cache (a word
+drawn once in a caption is reused; the bridge's cache also spans captions) and without it.
 
 Run (the captions: ZeroCap's and MAGIC's COCO outputs and the references, ../shared/data):
     .venv/bin/python benchmarks/overflow_rate.py [--cache-dir .cache] [--captions N]
@@ -49,18 +49,22 @@ def texts_of(name: str, path: Path, n: int) -> list[str]:
     return [" " + t.strip() for t in out]  # a caption continues the prefix after a space
 
 
-def count(bridge: Bridge, prefix: list[int], captions: list[str], steps: int) -> dict:
-    """Per caption, the slot sequences of a ``steps``-step search over its GPT-2 tokens."""
-    tok = bridge.source.tokenizer
+def slot_sequences(bridge: Bridge, prefix: list[int], text: str, steps: int) -> list[list[int]]:
+    """The slot sequences of a ``steps``-step search that writes ``text``: the prefix, the
+    caption's first t source tokens and the slot token (id 0), t = 1..steps."""
+    ids = bridge.source.tokenizer.encode(text)[:steps]
+    return [prefix + ids[:t] + [0] for t in range(1, len(ids) + 1)]
+
+
+def count(bridge: Bridge, captions: list[list[list[int]]]) -> dict:
+    """Per caption (its slot sequences), the words past the cap and the normals drawn."""
     d_i, d_j = bridge.source.dim, bridge.target.dim
     seqs = words = over = seqs_over = normals = normals_cached = 0
-    for text in captions:
-        ids = tok.encode(text)[:steps]
+    for sequences in captions:
         seen: set[tuple[str, int, int]] = set()  # the bridge's cache key: word and lengths
-        for t in range(1, len(ids) + 1):
-            batch_words = bridge._encode([prefix + ids[:t] + [0]])[4][0]  # [(tgt, src, word)]
+        for seq in sequences:
             hit = False
-            for (ts, te), (ss, se), word in batch_words:
+            for (ts, te), (ss, se), word in bridge._encode([seq])[4][0]:  # (tgt, src, word)
                 l_j, l_i = te - ts, se - ss
                 words += 1
                 if bridge._word_path(l_i, l_j) != "overflow":
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
           "| normals drawn per slot sequence (cached) | draw s (cached) |")
     print("|---|---|---|---|---|---|---|")
     for name, caps in sets.items():
-        r = count(bridge, prefix, caps, args.steps)
+        r = count(bridge, [slot_sequences(bridge, prefix, c, args.steps) for c in caps])
         result["sets"][name] = r
         print(f"| {name} ({r['captions']}) | {r['slot_sequences']} | {r['words']} | "
               f"{r['overflow_words']} | {100 * r['share_sequences_with_overflow']:.1f}% | "

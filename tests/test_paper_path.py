@@ -149,3 +149,48 @@ def test_paper_cost_projects_from_a_gpu_check_json() -> None:
     assert {r["gpu_basis"] for r in flops} == {"FLOP model"}
     expect = 5000 * 16 * (1e13 / (cost.GPU_FP32_PEAK * cost.GPU_UTILIZATION) + 1.0) / 3600
     assert flops[0]["hours_gpu"] == pytest.approx(expect)
+
+
+def test_overflow_rate_counts_the_words_past_the_cap(tmp_path: Path) -> None:
+    """benchmarks/overflow_rate.py's count: the slot sequences of a search over a caption's
+    tokens, the words past the cap among them and the normals their Jacobians draw, with and
+    without the bridge's cache (a word drawn once in a caption is not drawn again)."""
+    import importlib.util
+
+    from fuse_repro.adapter import fit_adapter
+    from fuse_repro.bridge import Bridge
+    from fuse_repro.testing.toy import make_toy_pair, toy_adapter_config
+    from tests.helpers import REPO
+
+    spec = importlib.util.spec_from_file_location(
+        "overflow_rate", REPO / "benchmarks" / "overflow_rate.py")
+    assert spec is not None and spec.loader is not None
+    rate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rate)
+    pair = make_toy_pair(n_words=1200, seed=0, max_len=10)
+    adapter = fit_adapter(pair.source, pair.target, toy_adapter_config(tmp_path, pair.words), None)
+    bridge = Bridge(pair.source, pair.target, adapter, overflow="random")
+    tok_i, tok_j = pair.source.tokenizer, pair.target.tokenizer
+    over = next(w for w in pair.words if len(tok_j.word_ids(w)) == 5)
+    shorts = [w for w in pair.words if len(tok_j.word_ids(w)) == 1][:3]
+
+    def at_word_ends(words: list[str]) -> list[list[int]]:  # the toy knows whole words only
+        return [tok_i.encode(" ".join(words[:k])) + [0] for k in range(1, len(words) + 1)]
+
+    plain = rate.count(bridge, [at_word_ends(shorts)])
+    assert plain["overflow_words"] == 0 and plain["normals_per_step"] == 0
+    assert (plain["slot_sequences"], plain["words"]) == (3, 1 + 2 + 3)
+
+    l_i = len(tok_i.word_ids(over))
+    drawn = l_i * 5 * pair.target.dim * pair.source.dim  # normals of the long word's Jacobian
+    r = rate.count(bridge, [at_word_ends([shorts[0], over, shorts[1], over])])
+    # sequences 2..4 hold the long word, sequence 4 twice: drawn 4 times, once with the cache
+    assert (r["slot_sequences"], r["overflow_words"], r["sequences_with_overflow"]) == (4, 4, 3)
+    assert r["normals_per_step"] == 4 * drawn / 4
+    assert r["normals_per_step_cached"] == drawn / 4
+    two = rate.count(bridge, [at_word_ends([over]), at_word_ends([over])])
+    assert two["normals_per_step_cached"] == 2 * drawn / 2  # the cache is per caption here
+    # the benchmark's slot sequences: prefix + the first t tokens + the slot, t = 1..steps
+    ids = tok_i.encode(" ".join(shorts))
+    assert rate.slot_sequences(bridge, [7], " ".join(shorts), steps=2) == [
+        [7, ids[0], 0], [7, ids[0], ids[1], 0]]
