@@ -31,6 +31,7 @@
 #   benchmarks/gpu_check.sh [out.json]            # default out: benchmarks/gpu_check.json
 # Then, on any machine: .venv/bin/python benchmarks/paper_cost.py --gpu-json benchmarks/gpu_check.json
 # Environment: PYTHON (default .venv/bin/python), GPU_CHECK_DEVICE (default cuda),
+#   GPU_CHECK_OVERFLOW (default zero; random: the paper's policy, as the first run),
 #   GPU_CHECK_ARGS (extra paper_cost.py arguments; e.g. a tiny CPU smoke test of this script:
 #   GPU_CHECK_DEVICE=cpu GPU_CHECK_ARGS="--words-per-bucket 48 --heldout-words 8 --top-k 8
 #   --beam-width 2 --warm-steps 1 --steps 2 --captions 1 --corpus-max-words 20000").
@@ -41,6 +42,11 @@ PYTHON=${PYTHON:-.venv/bin/python}
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 OUT=${1:-benchmarks/gpu_check.json}
 CACHE=${FUSE_CACHE_DIR:-.cache}
+# The bridge's policy for words past the cap. The first run (docs/gpu/, the paper's "random")
+# found a random-weight GPT-2's long unbroken words making the CPU draws of their Jacobians most
+# of every step, a cost real caption text almost never pays (README "Measured on an H200",
+# benchmarks/overflow_rate.py); "zero" (no draws) measures the step that real text costs.
+OVERFLOW=${GPU_CHECK_OVERFLOW:-zero}
 
 if [[ "$DEVICE" == cuda* ]]; then
   "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'error: no CUDA device visible to torch; run on the GPU machine or set GPU_CHECK_DEVICE=cpu')"
@@ -57,5 +63,5 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 # shellcheck disable=SC2086  # GPU_CHECK_ARGS is a list of words on purpose
 timeout 470 "$PYTHON" benchmarks/paper_cost.py --device "$DEVICE" --cache-dir "$CACHE" \
   --threads "$OMP_NUM_THREADS" --captions 6 --caption-items-per-step 1,6 --steps 16 \
-  --precision-check tf32,bfloat16 --precision-states 4 --eval-chunks 2560 --json "$OUT" ${GPU_CHECK_ARGS:-}
+  --precision-check tf32,bfloat16 --precision-states 4 --eval-chunks 2560 --overflow "$OVERFLOW" --json "$OUT" ${GPU_CHECK_ARGS:-}
 echo "gpu_check: wrote $OUT"

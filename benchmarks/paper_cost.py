@@ -452,7 +452,8 @@ def print_report(result: dict[str, Any], rows: list[dict], args: argparse.Namesp
     print(f"clock: {result.get('clock', 'wall')} seconds"
           + (f"; fit figures from {result['fit_from']}" if result.get("fit_from") else ""))
     print(f"search: top_k {args.top_k}, beam {args.beam_width}, steps {args.steps} "
-          f"(conf/search/paper.yaml); fit: N {args.words_per_bucket}, L 4, float64, wordfreq")
+          f"(conf/search/paper.yaml); fit: N {args.words_per_bucket}, L 4, float64, wordfreq; "
+          f"overflow {getattr(args, 'overflow', 'random')}")
     print(f"peak memory: {MEMORY_NOTE[result['device'].startswith('cpu')]}; whole process peak "
           f"RSS {result['max_rss_bytes'] / GiB:.2f} GiB")
     print("\n| fit (refit) | seconds | CPU seconds | peak memory (GiB) | words per bucket 1..4 |")
