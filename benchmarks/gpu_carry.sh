@@ -32,6 +32,7 @@ done
 find "$DEST/site/wordfreq/data" -type f ! -name '*_en.*' -delete  # English lists only
 find "$DEST/site" -name __pycache__ -type d -prune -exec rm -rf {} +
 cp -r "$CACHE/tokenized" "$CACHE/tokenizers" "$DEST/cache/"
-mkdir -p .git/info
-grep -qx "/$DEST/" .git/info/exclude 2>/dev/null || echo "/$DEST/" >> .git/info/exclude
+if [[ "$DEST" != .gpucarry ]]; then  # .gitignore covers the default
+  git check-ignore -q "$DEST" || echo "note: $DEST is not git-ignored: the device tool would send it twice (tracked tree and carry)" >&2
+fi
 echo "gpu_carry: $(du -sh "$DEST" | cut -f1) in $DEST (git-ignored); carry it as [\"$DEST\"]"
