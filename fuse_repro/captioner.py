@@ -208,17 +208,19 @@ def caption_items(
     *,
     fields: Mapping[str, Any] | None = None,
     resume: str | None = None,
+    roots: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Caption every item not yet in ``out_dir/captions.jsonl``; returns all records, in the
     dataset's order. ``fields`` (``provenance.results_fields``) are recorded and checked against
     what the folder holds, under the run's ``resume`` (``force`` mixes settings, stamping each
-    line's config hash); without ``fields`` the folder's provenance is not kept."""
+    line's config hash; ``roots``, ``provenance.path_roots``, reads a record an earlier version
+    wrote); without ``fields`` the folder's provenance is not kept."""
     check_prefix_fits(captioner, search)  # a bad prefix fails the run, not each item
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = None
     if fields is not None:
         assert resume is not None, "fields without the run's resume mode"
-        stamp = record_provenance(out_dir, fields, resume)
+        stamp = record_provenance(out_dir, fields, resume, roots)
     path = out_dir / CAPTIONS_NAME
     done = clean_captions(path)
     finished = {r["id"] for r in done}

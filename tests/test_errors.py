@@ -674,3 +674,101 @@ def test_refused_pipeline_resume_leaves_the_folder_byte_identical(env, capsys, m
                                capsys, monkeypatch)
     assert_one_line(code, out, err, "fuse", "search.steps: 6 -> 3", "resume=force")
     assert _folder_bytes(folder) == before
+
+
+# --------------------------------------------------------------------------------------------
+# a caption folder written before provenance named the dataset's files by content
+
+
+def _as_legacy_record(folder: Path, annotations: str) -> None:
+    """Rewrite ``captions_config.json`` as versions before the resume-identity change (commit
+    36d225d) wrote it: the annotation file by its (masked) path, the hash over that."""
+    from fuse_repro.provenance import fields_hash
+    from fuse_repro.records import write_provenance
+
+    record = json.loads((folder / "captions_config.json").read_text())
+    assert record["fields"]["dataset.annotations"].startswith("sha256:")
+    fields = {**record["fields"], "dataset.annotations": annotations}
+    write_provenance(folder, {"hash": fields_hash(fields), "fields": fields})
+
+
+def _stage_records_provenance(monkeypatch, started: list) -> None:
+    """The caption stage replaced by its provenance step (what ``caption_items`` does first):
+    no model loads."""
+    from fuse_repro.provenance import path_roots
+    from fuse_repro.stages import caption as caption_stage
+
+    def record_only(cfg, out_dir):
+        started.append(record_provenance(out_dir, results_fields(cfg), cfg.resume,
+                                         path_roots(cfg)))
+        return {}
+
+    monkeypatch.setattr(caption_stage, "run", record_only)
+
+
+def test_a_legacy_folder_whose_recorded_file_still_matches_resumes(env, capsys, monkeypatch):
+    """The record names the annotation file by a masked path (``<paths.data_dir>/...``): that
+    path still holds the same data, so a plain resume goes on, and the record is rewritten in
+    today's form (by content, no longer mixed with anything)."""
+    data = env["root"] / "data"
+    data.mkdir()
+    demo = data / "demo.json"
+    demo.write_bytes((REPO / "fuse_repro" / "resources" / "demo_text_targets.json").read_bytes())
+    monkeypatch.setenv("FUSE_DATA_DIR", str(data))
+    folder = env["root"] / "run"
+    _interrupted_caption_folder(folder, capsys, monkeypatch, f"dataset.annotations={demo}")
+    _as_legacy_record(folder, "<paths.data_dir>/demo.json")
+    started: list = []
+    _stage_records_provenance(monkeypatch, started)
+    code, _, err = run_entry(["stage=caption", f"dataset.annotations={demo}", "logger=none",
+                              f"hydra.run.dir={folder}"], capsys, monkeypatch)
+    assert code == 0 and started == [None], err  # accepted; new lines carry no config hash
+    record = json.loads((folder / "captions_config.json").read_text())
+    assert record["fields"]["dataset.annotations"].startswith("sha256:")
+    assert "mixed" not in record and "config_hash" not in (folder / "captions.jsonl").read_text()
+
+
+def test_a_legacy_folder_whose_recorded_file_is_gone_says_how_to_resume(env, capsys,
+                                                                        monkeypatch):
+    """The recorded path no longer exists (a moved checkout): the data cannot be compared. One
+    line names the key, the recorded path and the fix (resume=force), every byte of the folder
+    is kept; with resume=force it resumes."""
+    old, new = env["root"] / "old" / "demo.json", env["root"] / "new" / "demo.json"
+    for copy in (old, new):
+        copy.parent.mkdir()
+        copy.write_bytes((REPO / "fuse_repro" / "resources" / "demo_text_targets.json")
+                         .read_bytes())
+    folder = env["root"] / "run"
+    _interrupted_caption_folder(folder, capsys, monkeypatch, f"dataset.annotations={old}")
+    _as_legacy_record(folder, str(old))
+    old.unlink()
+    before = _folder_bytes(folder)
+    args = ["stage=caption", f"dataset.annotations={new}", "logger=none",
+            f"hydra.run.dir={folder}"]
+    code, out, err = run_entry(args, capsys, monkeypatch)
+    line = assert_one_line(code, out, err, "earlier version", f"dataset.annotations as the path "
+                           f"'{old}'", "no longer exists", "add resume=force")
+    assert "other settings differ" not in line
+    assert _folder_bytes(folder) == before
+    started: list = []
+    _stage_records_provenance(monkeypatch, started)
+    code, _, err = run_entry([*args, "resume=force"], capsys, monkeypatch)
+    assert code == 0 and started and started[0] is not None, err  # mixed: lines carry a hash
+
+
+def test_a_legacy_folder_with_other_data_is_refused(env, capsys, monkeypatch):
+    """The recorded path still exists but holds other data than the file given now: refused
+    like any other setting, the two contents named by digest."""
+    demo = REPO / "fuse_repro" / "resources" / "demo_text_targets.json"
+    old, new = env["root"] / "old.json", env["root"] / "new.json"
+    old.write_bytes(demo.read_bytes())
+    new.write_text(demo.read_text().replace("a", "b", 1))
+    folder = env["root"] / "run"
+    _interrupted_caption_folder(folder, capsys, monkeypatch, f"dataset.annotations={old}")
+    _as_legacy_record(folder, str(old))
+    before = _folder_bytes(folder)
+    code, out, err = run_entry(["stage=caption", f"dataset.annotations={new}", "logger=none",
+                                f"hydra.run.dir={folder}"], capsys, monkeypatch)
+    assert_one_line(code, out, err, "other settings (dataset.annotations: 'sha256:",
+                    "-> 'sha256:", "resume=force")
+    assert _folder_bytes(folder) == before

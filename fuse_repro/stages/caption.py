@@ -27,7 +27,7 @@ from fuse_repro.captioner import (
 from fuse_repro.config import ConfigError, FuseConfig
 from fuse_repro.corpus import check_corpus
 from fuse_repro.data import Item, load_dataset
-from fuse_repro.provenance import check_provenance, results_fields
+from fuse_repro.provenance import check_provenance, path_roots, results_fields
 from fuse_repro.records import CAPTIONS_NAME, OBJECTIVE_NAME, write_json
 from fuse_repro.runtime import resolve_device
 from fuse_repro.search import check_eval_dtype
@@ -61,7 +61,7 @@ def check(cfg: FuseConfig, methods: tuple[str, ...] = ()) -> None:
 def check_folder(cfg: FuseConfig, out_dir: Path) -> None:
     """Refuse a resume into a folder holding captions made with other settings, before the run
     writes anything into it (``app.check_run``)."""
-    check_provenance(out_dir, results_fields(cfg), cfg.resume)
+    check_provenance(out_dir, results_fields(cfg), cfg.resume, path_roots(cfg))
 
 
 def run(cfg: FuseConfig, out_dir: Path) -> dict[str, Any]:
@@ -71,7 +71,7 @@ def run(cfg: FuseConfig, out_dir: Path) -> dict[str, Any]:
                                 resolve_device(cfg.device))
     with open_tracker(cfg, out_dir, "caption", {"adapter_keys": captioner.adapter_keys}) as tracker:
         records = caption_items(items, captioner, cfg.search, cfg.seed, out_dir, tracker,
-                                fields=fields, resume=cfg.resume)
+                                fields=fields, resume=cfg.resume, roots=path_roots(cfg))
         if not records:
             raise nothing_captioned(out_dir)
         mean_total = sum(r["losses"]["total"] for r in records) / len(records)
