@@ -27,6 +27,25 @@ class ObjectiveError(FuseError, ValueError):
     and by the search's LM side; here so neither imports the other for it)."""
 
 
+class ContextLengthError(ObjectiveError):
+    """A text longer than a model's context, found when it is framed for the model (a caption
+    that grew past a secondary model's context mid-search: that item fails alone, into the run
+    folder's ``errors.jsonl``, as an unreadable image does)."""
+
+
+CONTEXT_FIX = ("shorten the text (in a caption search: a shorter search.prefix or fewer "
+               "search.steps)")
+
+
+def context_error(model: str, n_tokens: int, what: str, limit: int,
+                  text: str) -> ContextLengthError:
+    """The ``ContextLengthError`` of a text of ``n_tokens`` (specials included) framed for a
+    model whose context (``what``, e.g. ``max_length``) holds ``limit``."""
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    return ContextLengthError(f"{model}: {n_tokens} tokens exceed {what} {limit} for the text "
+                              f"{shown!r}; {CONTEXT_FIX}")
+
+
 def one_line(err: BaseException) -> str:
     """The message of ``err`` folded onto one line."""
     text = " ".join(str(err).split())

@@ -510,6 +510,29 @@ def test_prefix_longer_than_a_secondary_context_is_one_line(env, capsys, monkeyp
     assert run_folders(env["logs"]) == []  # nothing captioned: the folder is removed
 
 
+@pytest.mark.slow
+def test_a_caption_that_outgrows_a_secondary_context_fails_its_item_not_the_run(env, capsys,
+                                                                                monkeypatch):
+    """The up-front check is a lower bound (a primary token may become several secondary
+    tokens): prefix "An image of" (3 MiniLM tokens) + 4 steps + 2 specials fit tiny_roberta cut
+    to 9, but the search's candidates grow past it. Each item fails alone into errors.jsonl
+    with the fix, no traceback; with every item failed, the run ends in one line."""
+    folder = env["root"] / "run"
+    code, out, err = run_entry([
+        "stage=caption", "model@source=tiny_gpt2", "objective=tiny_sentiment",
+        "objective.terms.sentiment.model.max_length=9", "search.steps=4",
+        "adapter.words_per_bucket=64", "adapter.corpus.max_words=5000",
+        "dataset.subset.mode=first", "dataset.subset.n=2", "logger=none",
+        f"hydra.run.dir={folder}"], capsys, monkeypatch)
+    line = [ln for ln in err.strip().splitlines() if ln.startswith("error: ")]
+    assert code == 2 and len(line) == 1 and "Traceback" not in out + err, err[-3000:]
+    assert "no item could be captioned" in line[0] and "exceed max_length 9" in line[0], line
+    assert "search.prefix or fewer search.steps" in line[0], line
+    errors = [json.loads(ln) for ln in (folder / "errors.jsonl").read_text().splitlines()]
+    assert [e["id"] for e in errors] == DEMO_IDS[:2]
+    assert all("exceed max_length 9" in e["error"] for e in errors), errors
+
+
 # --------------------------------------------------------------------------------------------
 # no silent success on odd input (issue 18)
 
