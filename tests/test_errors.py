@@ -365,6 +365,31 @@ def test_subset_larger_than_the_dataset_is_one_warning_line(env, capsys, monkeyp
     assert code == 0 and not _warning_lines(out, err, "dataset.subset.n")
 
 
+@pytest.mark.parametrize("stage", ["caption", "pipeline", "fidelity"])
+def test_a_caption_run_reads_its_dataset_once_and_warns_once(stage, env, capsys, monkeypatch):
+    """The stage's check reads the dataset and its run takes the same items (the run is stopped
+    where the models would load): one read, one subset warning."""
+    from fuse_repro.errors import FuseError
+    from fuse_repro.stages import caption as caption_stage
+
+    reads = []
+    real = caption_stage.load_dataset
+    monkeypatch.setattr(caption_stage, "load_dataset",
+                        lambda dataset: reads.append(dataset.name) or real(dataset))
+
+    def no_models(*args, **kwargs):
+        raise FuseError("stopped before the models load")
+
+    module = __import__(f"fuse_repro.stages.{stage}", fromlist=["build_captioner"])
+    monkeypatch.setattr(module, "build_captioner", no_models)
+    code, out, err = run_entry([f"stage={stage}", "dataset.subset.mode=first",
+                                "dataset.subset.n=100", "logger=none"], capsys, monkeypatch)
+    assert_one_line(code, out, err, "stopped before the models load")
+    assert "fuse-repro: stage=" in out  # the run itself started
+    assert reads == ["demo_text_targets"]
+    assert len(_warning_lines(out, err, "dataset.subset.n=100")) == 1, out[-3000:]
+
+
 @pytest.mark.parametrize("mode", ["first", "sample"])
 def test_subset_larger_than_the_items_warns_at_the_function(mode, caplog):
     from fuse_repro.data import Item, select_subset

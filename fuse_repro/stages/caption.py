@@ -38,13 +38,29 @@ from fuse_repro.weights_label import banner, is_random
 OPTIMIZED_METRIC = "objective"
 
 
-def dataset_items(cfg: FuseConfig) -> list[Item]:
-    """The dataset's items; a clear error when the subset leaves none."""
+# The items ``check`` read, kept for the ``run`` that follows: ``{"dataset": the typed dataset
+# config they were read for, "items": ...}``. ``app`` hands check and run the same typed config
+# object, so a run reads its dataset once (and warns about its subset once).
+_CHECKED: dict[str, Any] = {}
+
+
+def dataset_items(cfg: FuseConfig, *, keep: bool = False) -> list[Item]:
+    """The dataset's items; a clear error when the subset leaves none. With ``keep`` (``check``)
+    they are kept for the next call with the same typed config object (``run``), which takes
+    them instead of reading the files again."""
+    if _CHECKED.get("dataset") is cfg.dataset:
+        items = _CHECKED["items"]
+        if not keep:
+            _CHECKED.clear()
+        return list(items)
     items = load_dataset(cfg.dataset)
     if not items:
         raise ConfigError(f"dataset {cfg.dataset.name!r} has no items (check dataset.subset and "
                           "the annotation file)")
-    return items
+    _CHECKED.clear()
+    if keep:
+        _CHECKED.update(dataset=cfg.dataset, items=items)
+    return list(items)
 
 
 def check(cfg: FuseConfig, methods: tuple[str, ...] = ()) -> None:
@@ -54,7 +70,7 @@ def check(cfg: FuseConfig, methods: tuple[str, ...] = ()) -> None:
     check_corpus(cfg.adapter.corpus, random_weights=is_random(cfg))
     check_search(cfg.search, methods)
     check_eval_dtype(cfg.search.eval_dtype, resolve_device(cfg.device))
-    check_objective_fits_dataset(cfg.objective, dataset_items(cfg), cfg.dataset.name)
+    check_objective_fits_dataset(cfg.objective, dataset_items(cfg, keep=True), cfg.dataset.name)
     check_models_available(cfg.source, cfg.objective)
 
 
