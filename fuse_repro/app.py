@@ -477,7 +477,14 @@ def main(hydra_entry: Callable[[], Any], argv: list[str] | None = None) -> int:
         # e.g. a key inside a node that is null. Only before the task ran is that the user's.
         if full or getattr(err, "_fuse_in_task", False):
             raise
-        print(f"error: {one_line(ValueError(compose_error_line(err)))}", file=sys.stderr)
+        print(f"error: {one_line(ValueError(compose_error_line(err, args)))}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except AttributeError as err:
+        # OmegaConf fails so when an override merges a mapping into a node that is null by
+        # default (target.tokenizer={...}); only before the task ran, and only that, is the user's.
+        if full or getattr(err, "_fuse_in_task", False) or "object_type=NoneType" not in str(err):
+            raise
+        print(f"error: {one_line(ValueError(compose_error_line(err, args)))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as err:
         # Before the task ran: Hydra could not create the run folder or save its configs.

@@ -445,10 +445,13 @@ def test_unknown_option_lists_the_available_ones():
 
 
 def test_override_inside_a_null_node_gets_a_line_too():
-    # Hydra raises a bare AssertionError here; the line says what to do instead.
+    # Hydra raises a bare AssertionError here; the line says what to do instead (the command
+    # line names the node; without it the line says where such a node is set).
     with pytest.raises(AssertionError) as err:
         compose_cfg(["target.tokenizer.source=hf"])
-    assert "set the whole node instead" in compose_error_line(err.value)
+    line = compose_error_line(err.value, ["stage=fit", "target.tokenizer.source=hf"])
+    assert "target.tokenizer is null" in line and "model@target=<new>" in line
+    assert "in a config file" in compose_error_line(err.value)
 
 
 def test_all_zero_weights_and_stray_sentiment_key():

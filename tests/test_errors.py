@@ -88,7 +88,15 @@ BAD_TARGETS = '[{"id": "1", "target": "a dog"}, {"id": "2"'  # cut off: not JSON
         (["resume=maybe"], ["resume", "maybe"]),
         (["threads=0"], ["threads"]),
         (["stage=score", "scoring.captions={root}/none.json"], ["none.json"]),
-        (["stage=fit", "target.tokenizer.source=hf"], ["null", "whole node"]),
+        (["stage=fit", "target.tokenizer.source=hf"],
+         ["target.tokenizer is null", "conf/model/<new>.yaml", "model@target=<new>"]),
+        (["stage=fit", "target.tokenizer={{source:hf,name_or_path:gpt2}}"],
+         ["target.tokenizer is null", "set 'tokenizer:' there", "model@target=<new>"]),
+        (["stage=fit", "target.architecture={{model_type:bert}}"],
+         ["target.architecture is null", "model@target=<new>"]),
+        (["objective.terms.text_similarity.model.tokenizer={{source:hf}}"],
+         ["objective.terms.text_similarity.model.tokenizer is null",
+          "model@objective.terms.text_similarity.model=<new>"]),
         # files that are not what they claim to be (issue 18): one line naming the file
         (["stage=caption", "dataset=text_targets", "dataset.annotations={root}/binary.json"],
          ["binary.json", "not UTF-8 text", "dataset.annotations"]),
@@ -116,7 +124,8 @@ BAD_TARGETS = '[{"id": "1", "target": "a dog"}, {"id": "2"'  # cut off: not JSON
     ids=["beam_width_0", "max_tokens_0", "negative_weight", "missing_image_folder",
          "malformed_targets", "unknown_backend", "image_folder_needs_image_objective",
          "unknown_group_option", "misspelled_key", "unknown_stage", "bad_resume", "threads_0",
-         "missing_results_file", "key_inside_null_node", "binary_annotations",
+         "missing_results_file", "key_inside_null_node", "mapping_into_null_node",
+         "mapping_into_null_architecture", "mapping_into_null_term_tokenizer", "binary_annotations",
          "latin1_annotations", "folder_annotations", "truncated_annotations", "binary_corpus",
          "folder_corpus",
          "device_mps", "negative_seed",
@@ -149,6 +158,23 @@ def test_a_results_file_that_is_not_one_is_one_line(name, data, needles, env, ca
                                capsys, monkeypatch)
     assert_one_line(code, out, err, *needles)
     assert not list(env["logs"].rglob("metrics.json"))
+
+
+def test_a_null_node_set_as_the_error_line_says_composes(tmp_path):
+    """What the null-node line advises works: a copy of the model's yaml with the block, selected
+    with model@target=<new>, gives the node (here in a copy of conf/)."""
+    import shutil
+
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO / "conf", conf)
+    model = (conf / "model" / "minilm_l6.yaml").read_text()
+    (conf / "model" / "my_minilm.yaml").write_text(
+        model.replace("name: minilm_l6", "name: my_minilm")
+        + "tokenizer:\n  source: hf\n  name_or_path: gpt2\n")
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("config", overrides=["stage=fit", "model@target=my_minilm"])
+    root = validate(cfg, output_dir=str(tmp_path / "run"))
+    assert (root.target.tokenizer.source, root.target.tokenizer.name_or_path) == ("hf", "gpt2")
 
 
 def test_image_folder_selects_an_image_objective():

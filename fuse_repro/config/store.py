@@ -250,9 +250,51 @@ def _quoting_line(text: str) -> str | None:
     return None
 
 
-def compose_error_line(err: BaseException) -> str:
+def _nullable_nodes() -> frozenset[str]:
+    """Names of the model fields that are a mapping or a schema, null by default (``tokenizer``,
+    ``architecture``): the command line cannot fill them (Hydra merges an override into the
+    null node, which OmegaConf cannot do), only a config file can."""
+    names = set()
+    for schema in MODEL_SCHEMAS.values():
+        hints = typing.get_type_hints(schema)
+        for f in dataclasses.fields(schema):
+            args = [a for a in typing.get_args(hints[f.name]) if a is not type(None)]
+            inner = typing.get_origin(args[0]) or args[0] if len(args) == 1 else None
+            if f.default is None and (inner is dict or dataclasses.is_dataclass(inner)):
+                names.add(f.name)
+    return frozenset(names)
+
+
+def null_node_line(key: str) -> str:
+    """One line for an override that sets a config node null by default (or a key inside it),
+    which the command line cannot do: where to set it instead."""
+    parent, _, leaf = key.rpartition(".")
+    if parent in ("source", "target") or parent.endswith(".model"):
+        fix = (f"copy the model's conf/model/<model>.yaml to conf/model/<new>.yaml, set "
+               f"'{leaf}:' there and select it with model@{parent}=<new>")
+    else:
+        fix = f"set {key} in a config file (e.g. an experiment yaml) instead"
+    return (f"{key} is null in this config, and an override cannot set a null node or a key "
+            f"inside it (Hydra cannot merge into null); {fix}")
+
+
+def _null_node_override(overrides: typing.Sequence[str]) -> str | None:
+    """The node (``target.tokenizer``) of the first override that sets a key inside a model
+    field that is null by default (``target.tokenizer.source=hf``)."""
+    nullable = _nullable_nodes()
+    for arg in overrides:
+        parts = arg.lstrip("+~").split("=", 1)[0].split(".")
+        for i, part in enumerate(parts[:-1]):
+            if part in nullable and i > 0:
+                return ".".join(parts[: i + 1])
+    return None
+
+
+def compose_error_line(err: BaseException, overrides: typing.Sequence[str] = ()) -> str:
     """One line for a Hydra composition error (a key its schema lacks, a wrong type, a missing
-    option): what is wrong, where, and the fix. For the entry point's ``error:`` line."""
+    option, a mapping given to a node that is null): what is wrong, where, and the fix. For the
+    entry point's ``error:`` line; ``overrides`` (the command line) name the override where the
+    error does not."""
     chain = []
     cur: BaseException | None = err
     while cur is not None and len(chain) < 5:
@@ -274,9 +316,16 @@ def compose_error_line(err: BaseException) -> str:
         override = texts[0].replace("Error merging override", "").strip()
         cause = texts[1].strip().splitlines()[0]
         return f"bad override {override}: {cause}"
+    full = _FULL_KEY.search(text)
+    if full and "'NoneType' object has no attribute" in text:  # a mapping merged into null
+        return null_node_line(full.group(1))
     if "Unexpected type for root: NoneType" in text:  # Hydra asserts on `a.b=1` when a is null
-        return ("an override sets a key inside a config node that is null here; set the whole "
-                "node instead (e.g. 'source.tokenizer={source: hf, name_or_path: gpt2}')")
+        node = _null_node_override(overrides)
+        if node is not None:
+            return null_node_line(node)
+        return ("an override sets a key inside a config node that is null here, which the "
+                "command line cannot do; set that node in a config file (for a model: a copy "
+                "of its conf/model/<model>.yaml, selected with model@<source|target>=<copy>)")
     lines = [line.strip() for line in texts[0].strip().splitlines() if line.strip()]
     if lines and lines[0].startswith("In '") and "Could not find" in lines[0]:
         options = [ln for ln in lines[2:] if not ln.startswith(("Config search path", "provider="))]
