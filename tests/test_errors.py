@@ -846,3 +846,34 @@ def test_a_legacy_folder_with_other_data_is_refused(env, capsys, monkeypatch):
     assert_one_line(code, out, err, "other settings (dataset.annotations: 'sha256:",
                     "-> 'sha256:", "resume=force")
     assert _folder_bytes(folder) == before
+
+
+# --------------------------------------------------------------------------------------------
+# a run folder's saved config validates (config.validate of config_resolved.yaml read back)
+
+
+@pytest.mark.parametrize("overrides", [
+    [],
+    ["stage=caption", "model@source=tiny_gpt2", "objective=tiny_sentiment"],
+    ["experiment=paper_senticap_positive_fuse", "weights=random", "dataset=synthetic_images"],
+    ["stage=fit", "experiment=paper_coco_fuse", "weights=random", "adapter.corpus.kind=wordfreq"],
+    ["stage=fidelity", "dataset=synthetic_images", "objective=clip",
+     "model@objective.terms.clip.model=tiny_clip"],
+], ids=["default", "tiny_models", "paper_senticap_random", "paper_fit", "fidelity_clip"])
+def test_a_saved_config_validates_to_the_run_config(overrides, env, capsys, monkeypatch):
+    """``config.validate(OmegaConf.load(<run>/config_resolved.yaml))`` gives back the typed
+    config the run had (every model node typed by its backend's schema, as composition does)."""
+    import importlib
+
+    from omegaconf import OmegaConf
+
+    seen = []
+    for module in app.STAGES.values():  # every stage records its typed config, loads nothing
+        monkeypatch.setattr(importlib.import_module(module), "run",
+                            lambda cfg, out_dir: seen.append(cfg) or {})
+    folder = env["root"] / "run"
+    code, _, err = run_entry([*overrides, "logger=none", f"hydra.run.dir={folder}"], capsys,
+                             monkeypatch)
+    assert code == 0 and len(seen) == 1, err[-3000:]
+    saved = validate(OmegaConf.load(folder / "config_resolved.yaml"))
+    assert saved == seen[0]

@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import functools
 import re
+import types
 import typing
 from typing import Any, TypeVar
 
@@ -110,12 +111,48 @@ def _check_keys(node: Any, where: str) -> None:
             _check_keys(child, f"{where}.{key}" if where else str(key))
 
 
+def _bare(hint: Any) -> Any:
+    """``X`` of ``X | None`` (``Optional[X]``); any other hint as it is."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+def _structured(schema: Any, plain: Any) -> Any:
+    """The structured node of ``schema`` for the plain mapping ``plain`` (a saved config read
+    back), with every model node typed by its backend's schema and every mapping of schemas
+    (``objective.terms``) given its entries, as composition types them (the yaml files name
+    their model schema), so that merging ``plain`` into it checks what composition checks."""
+    if dataclasses.is_dataclass(schema) and issubclass(schema, ModelConfig) \
+            and isinstance(plain, dict):
+        schema = model_schema(plain)
+    node = OmegaConf.structured(schema)
+    if not isinstance(plain, dict):
+        return node
+    hints = typing.get_type_hints(schema)
+    with open_dict(node):
+        for f in dataclasses.fields(schema):
+            value, hint = plain.get(f.name), _bare(hints[f.name])
+            if not isinstance(value, dict):
+                continue
+            if dataclasses.is_dataclass(hint):
+                node[f.name] = _structured(hint, value)
+            elif typing.get_origin(hint) is dict and dataclasses.is_dataclass(
+                    _bare(typing.get_args(hint)[1])):
+                entry = _bare(typing.get_args(hint)[1])
+                node[f.name] = {k: _structured(entry, v) for k, v in value.items()}
+    return node
+
+
 def convert(node: Any, schema: type[T] | None = None) -> T:
     """The dataclass of a config node, validated: how ``validate`` builds the typed root, and
     how a Python caller (a saved config, a benchmark, a test) builds one group.
 
     ``node`` is a group of the composed config (``cfg.search``: already typed by the root schema)
-    or a plain mapping / untyped node with ``schema`` given (a saved config, a test). Raises
+    or a plain mapping / untyped node with ``schema`` given (a saved config, a test; its model
+    nodes are typed by their backend's schema, as composition types them). Raises
     ``ConfigError`` (one line) for an unknown key, a missing required value, a wrong type or a
     value its ``__post_init__`` rejects.
     """
@@ -130,7 +167,7 @@ def convert(node: Any, schema: type[T] | None = None) -> T:
             plain = OmegaConf.to_container(node, resolve=True)
             if schema is ModelConfig:
                 schema = model_schema(plain)  # type: ignore[assignment]
-            node = OmegaConf.merge(OmegaConf.structured(schema), plain)
+            node = OmegaConf.merge(_structured(schema, plain), plain)
         _check_keys(node, where)
         result = OmegaConf.to_object(node)
     except ConfigError:
@@ -168,7 +205,9 @@ def validate(cfg: DictConfig, output_dir: str | None = None) -> FuseConfig:
     (``app.run_stage``). An unknown key anywhere
     (``+scoring.foo=1`` included), a missing value or a rejected value is one ``ConfigError``.
     Outside a Hydra run (tests, notebooks) ``paths.output_dir`` cannot resolve; give
-    ``output_dir`` to stand in for it. The ``hydra`` node, when present, is not checked.
+    ``output_dir`` to stand in for it. The ``hydra`` node, when present, is not checked. A run
+    folder's ``config_resolved.yaml`` read back (``OmegaConf.load``) validates to the run's own
+    typed config.
     """
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
