@@ -120,6 +120,10 @@ BAD_TARGETS = '[{"id": "1", "target": "a dog"}, {"id": "2"'  # cut off: not JSON
         (["stage=score", "scoring.captions={root}"], ["is a folder", "scoring.captions="]),
         (["model@source=minilm_l6"], ["model@source=minilm_l6", "causal LM",
                                       "model@source=smollm2_135m"]),
+        (["dataset.synthetic.seed=5"], ["dataset.synthetic.seed=5:", "synthetic_images only",
+                                        "'text_targets'", "remove the override"]),
+        (["dataset=coco_text_targets", "dataset.synthetic.size=64", "dataset.synthetic.seed=2"],
+         ["dataset.synthetic.size=64, dataset.synthetic.seed=2:", "remove the override"]),
     ],
     ids=["beam_width_0", "max_tokens_0", "negative_weight", "missing_image_folder",
          "malformed_targets", "unknown_backend", "image_folder_needs_image_objective",
@@ -130,7 +134,8 @@ BAD_TARGETS = '[{"id": "1", "target": "a dog"}, {"id": "2"'  # cut off: not JSON
          "folder_corpus",
          "device_mps", "negative_seed",
          "unquoted_non_ascii_path", "unquoted_path_with_space", "pipeline_methods_entry",
-         "results_file_is_a_folder", "encoder_as_source"],
+         "results_file_is_a_folder", "encoder_as_source", "synthetic_seed_on_text_targets",
+         "synthetic_keys_on_coco_text_targets"],
 )
 def test_config_errors_are_one_line_before_any_work(args, needles, env, capsys, monkeypatch):
     (env["root"] / "bad.json").write_text(BAD_TARGETS)

@@ -287,7 +287,8 @@ class DatasetConfig:
     require_images: bool = False
     # Each item's first reference becomes its text target (offline stand-in for an image).
     target_from_references: bool = False
-    # Read by format synthetic_images only (always present, so an override never meets null).
+    # Read by format synthetic_images only (always present, so an override never meets null);
+    # another format refuses any value but the defaults (seed included: not wired there).
     synthetic: SyntheticImagesConfig = field(default_factory=SyntheticImagesConfig)
     subset: SubsetConfig = field(default_factory=SubsetConfig)
 
@@ -300,9 +301,14 @@ class DatasetConfig:
             raise ConfigError("dataset format 'image_folder' needs dataset.image_dir")
         if self.sentiment is not None:
             check_choice("dataset.sentiment", self.sentiment, SENTIMENTS)
-        unread = dataclasses.replace(self.synthetic, seed=SyntheticImagesConfig.seed)
-        if self.format != "synthetic_images" and unread != SyntheticImagesConfig():
-            raise ConfigError(f"dataset.synthetic is read by format synthetic_images only, not "
-                              f"{self.format!r} (dataset={self.name}); remove the override")
+        default = SyntheticImagesConfig()
+        unread = [f"dataset.synthetic.{f.name}={getattr(self.synthetic, f.name)}"
+                  for f in dataclasses.fields(default)
+                  if getattr(self.synthetic, f.name) != getattr(default, f.name)]
+        if self.format != "synthetic_images" and unread:
+            raise ConfigError(f"{', '.join(unread)}: dataset.synthetic is read by format "
+                              f"synthetic_images only, not {self.format!r} "
+                              f"(dataset={self.name}); remove the override, or use "
+                              f"dataset=synthetic_images")
         if self.format == "senticap" and self.sentiment is None:
             raise ConfigError("dataset format 'senticap' needs dataset.sentiment: positive or negative")
