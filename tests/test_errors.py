@@ -124,6 +124,13 @@ BAD_TARGETS = '[{"id": "1", "target": "a dog"}, {"id": "2"'  # cut off: not JSON
                                         "'text_targets'", "remove the override"]),
         (["dataset=coco_text_targets", "dataset.synthetic.size=64", "dataset.synthetic.seed=2"],
          ["dataset.synthetic.size=64, dataset.synthetic.seed=2:", "remove the override"]),
+        (["+model@objective.terms.lm.model=minilm_l6", "+objective.terms.lm.kind=text_similarity",
+          "+objective.terms.lm.weight=5"],
+         ["objective.terms.lm:", "may not be named 'lm'", "objective.lm_weight",
+          "objective.terms.lm_term"]),
+        (["+model@objective.terms.total.model=minilm_l6",
+          "+objective.terms.total.kind=text_similarity", "+objective.terms.total.weight=5"],
+         ["objective.terms.total:", "may not be named 'total'"]),
     ],
     ids=["beam_width_0", "max_tokens_0", "negative_weight", "missing_image_folder",
          "malformed_targets", "unknown_backend", "image_folder_needs_image_objective",
@@ -135,7 +142,7 @@ BAD_TARGETS = '[{"id": "1", "target": "a dog"}, {"id": "2"'  # cut off: not JSON
          "device_mps", "negative_seed",
          "unquoted_non_ascii_path", "unquoted_path_with_space", "pipeline_methods_entry",
          "results_file_is_a_folder", "encoder_as_source", "synthetic_seed_on_text_targets",
-         "synthetic_keys_on_coco_text_targets"],
+         "synthetic_keys_on_coco_text_targets", "term_named_lm", "term_named_total"],
 )
 def test_config_errors_are_one_line_before_any_work(args, needles, env, capsys, monkeypatch):
     (env["root"] / "bad.json").write_text(BAD_TARGETS)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from omegaconf import MISSING
 
@@ -148,7 +148,19 @@ class ObjectiveConfig:
     lm_weight: float = MISSING
     terms: dict[str, TermConfig] = field(default_factory=dict)
 
+    # Keys a search's loss record and history already use beside each term's name (the LM's
+    # term, the optimized and the full totals, the step: search/step.py): a term so named
+    # would overwrite one (a term named lm, the LM's weight in the objectives' check).
+    RESERVED_TERM_NAMES: ClassVar[tuple[str, ...]] = ("lm", "objective", "step", "total")
+
     def __post_init__(self) -> None:
+        for name in self.terms:
+            if name in self.RESERVED_TERM_NAMES:
+                raise ConfigError(
+                    f"objective.terms.{name}: a term may not be named {name!r}, a name the "
+                    f"losses already use ({', '.join(self.RESERVED_TERM_NAMES)}; the LM's weight "
+                    f"is objective.lm_weight); give the term another name, e.g. "
+                    f"objective.terms.{name}_term")
         weights = {"lm_weight": self.lm_weight}
         weights.update({f"terms.{name}.weight": t.weight for name, t in self.terms.items()})
         for name, w in weights.items():
