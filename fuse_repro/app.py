@@ -316,10 +316,33 @@ def restore_run_folder(folder: Path) -> bool:
     return True
 
 
+class RefusedFolder(BaseException):
+    """A run folder refused by ``RunFolderGuard`` before Hydra creates it. A BaseException, as
+    Hydra turns an ``Exception`` raised in a callback into a warning and goes on; ``main``
+    prints its ``error`` (a ``ConfigError``) as one line and exits 2."""
+
+    def __init__(self, error: ConfigError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def check_folder_path(folder: str, key: str) -> None:
+    """Refuse a run folder whose path holds ``${``: Hydra stores the run's folder in its own
+    config (``hydra.runtime.output_dir``), where ``${...}`` is read back as an interpolation, so
+    no run can set up its log there (Hydra would fail after creating the folder)."""
+    if "${" in folder:
+        raise RefusedFolder(ConfigError(
+            f"run folder {folder!r} contains '${{', which Hydra reads back as an interpolation: "
+            f"no run can work in it; choose a folder without '${{' ({key}=<folder>, or "
+            f"FUSE_LOG_DIR=<folder>)"))
+
+
 class RunFolderGuard(Callback):
-    """Hydra callback (``conf/hydra/default.yaml``): before Hydra writes ``.hydra/`` and its log
-    into the run folder, remember what an existing folder held there (``snapshot_run_folder``),
-    so that a refused resume changes nothing (``run_task`` restores it)."""
+    """Hydra callback (``conf/hydra/default.yaml``): before Hydra creates the run folder or
+    writes ``.hydra/`` and its log into it, refuse a folder no run can use
+    (``check_folder_path``) and remember what an existing folder held there
+    (``snapshot_run_folder``), so that a refused resume changes nothing (``run_task`` restores
+    it)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _SNAPSHOT.clear()
@@ -328,15 +351,25 @@ class RunFolderGuard(Callback):
             subdir = OmegaConf.select(config, "hydra.output_subdir")
         except Exception:  # noqa: BLE001  (an unresolvable run dir: Hydra itself will say so)
             return
+        check_folder_path(str(folder), "hydra.run.dir")
         snapshot_run_folder(folder, None if subdir is None else str(subdir))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            folder = os.path.abspath(str(OmegaConf.select(config, "hydra.sweep.dir")))
+        except Exception:  # noqa: BLE001  (an unresolvable sweep dir: Hydra itself will say so)
+            return
+        check_folder_path(folder, "hydra.sweep.dir")
 
 
 def hydra_quote(value: str) -> str:
     """``value`` as a Hydra override value: as is when Hydra's grammar takes it unquoted, else
-    single-quoted with Hydra's escapes (a quote, and the backslashes before one)."""
+    single-quoted with Hydra's escapes (a quote, an interpolation's ``${`` taken literally, and
+    the backslashes before either)."""
     if value and all(ch.isascii() and (ch.isalnum() or ch in "/._-:+~@") for ch in value):
         return value
     escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    escaped = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", escaped)
     escaped = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped)
     return f"'{escaped}'"
 
@@ -460,6 +493,11 @@ def main(hydra_entry: Callable[[], Any], argv: list[str] | None = None) -> int:
         hydra_entry()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except RefusedFolder as refused:
+        if full:
+            raise refused.error from None
+        print(f"error: {one_line(refused.error)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

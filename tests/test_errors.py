@@ -557,6 +557,35 @@ def test_resume_hint_for_a_folder_with_spaces_and_accents_runs_as_printed(env, c
     assert (folder / "runs.md").is_file()
 
 
+@pytest.mark.parametrize("value", [
+    "/a/b", "/my runs/résumé it's", "/a/x${b}c", "/a/é ${x} ${y}", "/a/back\\slash",
+    "/a/q\\'x", "/a/lit\\${b}", "/a/end\\", "/a/$x{y}"])
+def test_hydra_quote_gives_hydra_the_value_itself(value):
+    """What ``hydra_quote`` writes, Hydra reads back as the very value: quotes, backslashes and
+    ``${`` (an interpolation unless escaped) included."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"scoring.label={app.hydra_quote(value)}"])
+    assert cfg.scoring.label == value
+
+
+@pytest.mark.slow
+def test_resume_hint_for_a_folder_with_an_interpolation_is_refused_in_one_line(env):
+    """A run folder whose path holds ``${``: the hint (``resume_command``, what Ctrl-C prints)
+    passes the path to Hydra literally (escaped), and the run is refused in one line naming
+    that path and the fix, before Hydra creates the folder (Hydra itself cannot run in it: it
+    reads its run folder's path back as an interpolation)."""
+    folder = env["root"] / "runs ${oops}" / "it's"
+    roots = env["root"] / "no runs"
+    roots.mkdir()
+    hint = app.resume_command(folder, ["run.py", "stage=table", f"table.roots=['{roots}']",
+                                       "logger=none"])
+    proc = subprocess.run(["bash", "-c", hint], cwd=REPO, env=_subprocess_env(env),
+                          capture_output=True, text=True, timeout=300)
+    assert_one_line(proc.returncode, proc.stdout, proc.stderr, f"run folder {str(folder)!r}",
+                    "contains '${'", "choose a folder without '${'")
+    assert not (env["root"] / "runs ${oops}").exists()
+
+
 @pytest.mark.slow
 def test_prefix_longer_than_a_secondary_context_is_one_line(env, capsys, monkeypatch):
     """A prefix that cannot fit the secondary model's context (tiny_roberta cut to 16 tokens)
