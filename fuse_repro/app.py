@@ -47,6 +47,7 @@ from fuse_repro.errors import (
     ConfigError,
     FuseError,
     one_line,
+    use_one_of,
 )
 from fuse_repro.records import check_writable, write_run_info, write_text
 from fuse_repro.tracking import run_group
@@ -73,7 +74,8 @@ BOOKKEEPING = {".hydra", "config_resolved.yaml", "run_info.json", "run.log", "wa
 def resolve_stage(name: Any) -> Any:
     """The stage module for ``name``; a clear error listing the known stages otherwise."""
     if name not in STAGES:
-        raise ConfigError(f"unknown stage={name!r}; known stages: {', '.join(sorted(STAGES))}")
+        raise ConfigError(f"unknown stage={name!r}; known stages: {', '.join(sorted(STAGES))}; "
+                          f"{use_one_of('stage', sorted(STAGES), name)}")
     return importlib.import_module(STAGES[name])
 
 
@@ -459,7 +461,7 @@ def check_sweep(overrides: list[str]) -> int:
             try:
                 check_config(compose("config", overrides=job), Path("/nonexistent/sweep-check"))
             except _user_error_types() as err:
-                line = one_line(err) if isinstance(err, FuseError) else compose_error_line(err)
+                line = one_line(err) if isinstance(err, FuseError) else compose_error_line(err, job)
                 raise ConfigError(f"sweep job {num} ({' '.join(job)}): {line}; no job was run")
     return len(jobs)
 
@@ -507,7 +509,7 @@ def main(hydra_entry: Callable[[], Any], argv: list[str] | None = None) -> int:
         if isinstance(err, FuseError):
             line = one_line(err)
         else:  # Hydra / OmegaConf while composing: an unknown option or key, a bad override
-            line = one_line(ValueError(compose_error_line(err)))
+            line = one_line(ValueError(compose_error_line(err, args)))
         print(f"error: {line}", file=sys.stderr)
         return EXIT_USER_ERROR
     except AssertionError as err:

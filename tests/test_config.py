@@ -436,7 +436,8 @@ def test_unknown_option_lists_the_available_ones():
     with pytest.raises(Exception) as err:
         compose_cfg(["search=greedy"])
     assert compose_error_line(err.value) == (
-        "In 'config': Could not find 'search/greedy'; available: fuse, paper")
+        "In 'config': Could not find 'search/greedy'; available: fuse, paper; use one of them, "
+        "e.g. search=fuse")
     with pytest.raises(Exception) as err:
         compose_cfg(["model@source=gpt3"])
     line = compose_error_line(err.value)

@@ -31,14 +31,18 @@ from typing import Any, ClassVar
 from omegaconf import MISSING
 
 from fuse_repro.config.model import ModelConfig
-from fuse_repro.errors import ConfigError
+from fuse_repro.errors import ConfigError, use_one_of
 from fuse_repro.sentiment import SENTIMENTS
 
 
-def check_choice(name: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
-    """``ConfigError`` unless ``value`` is one of ``allowed`` (the message lists them)."""
+def check_choice(name: str, value: Any, allowed: tuple[str, ...] | list[str],
+                 in_list: bool = False) -> None:
+    """``ConfigError`` unless ``value`` is one of ``allowed``: the line lists them and says
+    which to use (``in_list``: ``value`` is an entry of the list ``name``)."""
     if value not in allowed:
-        raise ConfigError(f"{name}={value!r} is not one of {sorted(allowed)}")
+        shown = f"{name} entry" if in_list else name
+        raise ConfigError(f"{shown}={value!r} is not one of {sorted(allowed)}; "
+                          f"{use_one_of(name, allowed, value, in_list)}")
 
 
 def check_min(name: str, value: Any, low: float) -> None:

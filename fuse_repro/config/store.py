@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import functools
 import re
 import types
@@ -24,7 +25,7 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 
 from fuse_repro.config.model import MODEL_SCHEMAS, ModelConfig
 from fuse_repro.config.root import FuseConfig
-from fuse_repro.errors import ConfigError
+from fuse_repro.errors import ConfigError, use_one_of
 
 T = TypeVar("T")
 
@@ -103,12 +104,20 @@ def _check_keys(node: Any, where: str) -> None:
                 full = f"{where}.{key}" if where else str(key)
                 raise ConfigError(
                     f"unknown key {full} in config group {_group_of(where, schema)} (schema "
-                    f"{schema.__name__}); known keys: {', '.join(sorted(names))}"
+                    f"{schema.__name__}); {_known_keys_fix(full, sorted(names))}"
                 )
     for key in node:
         child = node._get_node(key)
         if isinstance(child, (DictConfig, ListConfig)):
             _check_keys(child, f"{where}.{key}" if where else str(key))
+
+
+def _known_keys_fix(key: str, known: list[str]) -> str:
+    """The fix of an unknown key: the known key closest to it, and every known key."""
+    parent, _, leaf = str(key).rpartition(".")
+    close = difflib.get_close_matches(leaf, known, n=1)
+    use = f"use {parent + '.' if parent else ''}{close[0]}" if close else "use one of its keys"
+    return f"{use} (known keys: {', '.join(known)})"
 
 
 def _bare(hint: Any) -> Any:
@@ -179,7 +188,7 @@ def convert(node: Any, schema: type[T] | None = None) -> T:
         known = sorted(f.name for f in dataclasses.fields(owner)) if dataclasses.is_dataclass(owner) else []
         raise ConfigError(
             f"unknown key {key} in config group {_group_of(where, schema)} (schema {name}); "
-            f"known keys: {', '.join(known)}"
+            f"{_known_keys_fix(key, known)}"
         ) from err
     except MissingMandatoryValue as err:
         key = _join(where, getattr(err, "full_key", None))
@@ -225,7 +234,8 @@ def model_schema(plain: Any) -> type[ModelConfig]:
         if backend in schema.BACKENDS:
             return schema
     known = sorted(b for s in MODEL_SCHEMAS.values() for b in s.BACKENDS)
-    raise ConfigError(f"model backend={backend!r} is not one of {known}")
+    raise ConfigError(f"model backend={backend!r} is not one of {known}; "
+                      f"{use_one_of('backend', known, backend)} (the model's yaml names it)")
 
 
 def _omegaconf_message(err: OmegaConfBaseException) -> str:
@@ -263,7 +273,7 @@ def _unknown_key_line(key: str, schema_name: str, source: str) -> str:
     parent, _, leaf = key.rpartition(".")
     by_name = {cls.__name__: cls for cls in MODEL_SCHEMAS.values()}
     schema = by_name.get(schema_name) or _schema_at(parent)
-    known = f"; known keys: {', '.join(sorted(f.name for f in dataclasses.fields(schema)))}" \
+    known = f"; {_known_keys_fix(key, sorted(f.name for f in dataclasses.fields(schema)))}" \
         if schema is not None else ""
     group = _group_of(parent, schema)
     return (f"unknown key {key}{source} in config group {group} (schema {schema_name} has no "
@@ -329,6 +339,19 @@ def _null_node_override(overrides: typing.Sequence[str]) -> str | None:
     return None
 
 
+def _option_fix(line: str, options: list[str], overrides: typing.Sequence[str]) -> str:
+    """``use <group>=<option>`` for a group option Hydra could not find (``Could not find
+    'model/nope'``), keyed as the command line selected it (``model@source``)."""
+    missing = re.search(r"Could not find '([^']+)/([^'/]+)'", line)
+    if missing is None:
+        return use_one_of("<group>", options)
+    group, name = missing.groups()
+    key = next((a.split("=", 1)[0].lstrip("+~") for a in overrides
+                if "=" in a and a.split("=", 1)[1] == name
+                and a.split("=", 1)[0].lstrip("+~").split("@")[0] == group), group)
+    return use_one_of(key, options, name)
+
+
 def compose_error_line(err: BaseException, overrides: typing.Sequence[str] = ()) -> str:
     """One line for a Hydra composition error (a key its schema lacks, a wrong type, a missing
     option, a mapping given to a node that is null): what is wrong, where, and the fix. For the
@@ -368,5 +391,6 @@ def compose_error_line(err: BaseException, overrides: typing.Sequence[str] = ())
     lines = [line.strip() for line in texts[0].strip().splitlines() if line.strip()]
     if lines and lines[0].startswith("In '") and "Could not find" in lines[0]:
         options = [ln for ln in lines[2:] if not ln.startswith(("Config search path", "provider="))]
-        return f"{lines[0]}; available: {', '.join(options)}"
+        return f"{lines[0]}; available: {', '.join(options)}; " + _option_fix(lines[0], options,
+                                                                              overrides)
     return " ".join(lines) if lines else type(err).__name__
