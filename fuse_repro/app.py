@@ -470,7 +470,9 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    return (FuseError, HydraException, OmegaConfBaseException)
+    import yaml
+
+    return (FuseError, HydraException, OmegaConfBaseException, yaml.YAMLError)
 
 
 def main(hydra_entry: Callable[[], Any], argv: list[str] | None = None) -> int:

@@ -207,6 +207,23 @@ def test_a_null_node_set_as_the_error_line_says_composes(tmp_path):
     assert (root.target.tokenizer.source, root.target.tokenizer.name_or_path) == ("hf", "gpt2")
 
 
+@pytest.mark.parametrize("text,needle", [
+    ("name: [my_model\n", "expected ',' or ']'"),
+    ("name: my_model\nname: twice\n", "found duplicate key name"),
+], ids=["unclosed_list", "duplicate_key"])
+def test_a_config_file_that_is_not_yaml_is_one_line(text, needle, env, capsys, monkeypatch):
+    """A model file a user wrote (as the null-node line advises) with a YAML mistake: one line
+    naming the file, the place and the problem, not the YAML parser's traceback."""
+    extra = env["root"] / "extra"
+    (extra / "model").mkdir(parents=True)
+    bad = extra / "model" / "my_model.yaml"
+    bad.write_text("defaults:\n  - /schema/model/hf@_here_\n  - _self_\n" + text)
+    code, out, err = run_entry(["stage=fit", "model@target=my_model",
+                                f"hydra.searchpath=[file://{extra}]", "logger=none"], capsys,
+                               monkeypatch)
+    assert_one_line(code, out, err, f"{bad}, line ", "not valid YAML", needle, "fix that file")
+
+
 def test_image_folder_selects_an_image_objective():
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["dataset=image_folder"])

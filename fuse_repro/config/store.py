@@ -19,6 +19,7 @@ import types
 import typing
 from typing import Any, TypeVar
 
+import yaml
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
@@ -339,6 +340,15 @@ def _null_node_override(overrides: typing.Sequence[str]) -> str | None:
     return None
 
 
+def _yaml_line(err: yaml.YAMLError) -> str:
+    """One line for a config file that is not valid YAML: the file, where, what, and the fix."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = (f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark
+             else "a config file")
+    problem = " ".join(str(getattr(err, "problem", None) or err).split())
+    return f"{where}: not valid YAML ({problem}); fix that file"
+
+
 def _option_fix(line: str, options: list[str], overrides: typing.Sequence[str]) -> str:
     """``use <group>=<option>`` for a group option Hydra could not find (``Could not find
     'model/nope'``), keyed as the command line selected it (``model@source``)."""
@@ -357,6 +367,8 @@ def compose_error_line(err: BaseException, overrides: typing.Sequence[str] = ())
     option, a mapping given to a node that is null): what is wrong, where, and the fix. For the
     entry point's ``error:`` line; ``overrides`` (the command line) name the override where the
     error does not."""
+    if isinstance(err, yaml.YAMLError):
+        return _yaml_line(err)
     chain = []
     cur: BaseException | None = err
     while cur is not None and len(chain) < 5:
