@@ -18,6 +18,7 @@ goes on; at the end the process exits non-zero naming the failed jobs.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -26,7 +27,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -446,12 +447,14 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]] | None:
 def check_sweep(overrides: list[str]) -> int:
     """Before a multirun starts, compose and check every job's config (``check_config``: the
     schema, the device, the stage's own checks), so that one bad value stops the sweep before
-    its first job rather than after the others ran; returns the number of jobs checked."""
+    its first job rather than after the others ran; returns the number of jobs checked. Its
+    warnings are not shown (each job's own check shows them when the job runs)."""
     from hydra import initialize_config_dir
 
     from fuse_repro.config.hashing import REPO_ROOT
 
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"), \
+            _quiet_warnings():
         jobs = sweep_jobs(overrides)
         if jobs is None:
             return 0
@@ -464,6 +467,18 @@ def check_sweep(overrides: list[str]) -> int:
                 line = one_line(err) if isinstance(err, FuseError) else compose_error_line(err, job)
                 raise ConfigError(f"sweep job {num} ({' '.join(job)}): {line}; no job was run")
     return len(jobs)
+
+
+@contextlib.contextmanager
+def _quiet_warnings() -> Iterator[None]:
+    """Log records up to WARNING dropped for the block (the sweep's pre-check, which would say
+    each job's warnings once more than the job itself)."""
+    before = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(before)
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:

@@ -463,6 +463,19 @@ def test_a_caption_run_reads_its_dataset_once_and_warns_once(stage, env, capsys,
     assert len(_warning_lines(out, err, "dataset.subset.n=100")) == 1, out[-3000:]
 
 
+def test_a_sweep_warns_once_per_job(env, capsys, monkeypatch):
+    """The sweep's pre-check of every job says nothing of their warnings: each job says its own
+    once, when it runs."""
+    from fuse_repro.stages import caption as caption_stage
+
+    monkeypatch.setattr(caption_stage, "run", lambda cfg, out_dir: {})
+    code, out, err = run_entry(["-m", "stage=caption", "search.steps=1,2",
+                                "dataset.subset.mode=first", "dataset.subset.n=100",
+                                "logger=none"], capsys, monkeypatch)
+    assert code == 0, err[-3000:]
+    assert len(_warning_lines(out, err, "dataset.subset.n=100")) == 2, out[-3000:]
+
+
 @pytest.mark.parametrize("mode", ["first", "sample"])
 def test_subset_larger_than_the_items_warns_at_the_function(mode, caplog):
     from fuse_repro.data import Item, select_subset
