@@ -208,6 +208,9 @@ def _refusal(folder: Path, old: Mapping[str, Any], compared: Mapping[str, Any],
                         {k: v for k, v in fields.items() if k not in gone})
     shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
     force = "resume=force to mix them (each caption then records its config hash)"
+    newer = [k for k in fields if k not in compared and k not in gone]
+    if newer and not gone:
+        shown += "; '<unset>' marks a setting the version that wrote the folder did not have yet"
     if not gone:
         return (f"{folder} holds captions made with other settings "
                 f"({shown or 'hash ' + str(old.get('hash'))}); "

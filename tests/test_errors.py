@@ -919,6 +919,24 @@ def test_a_legacy_folder_whose_recorded_file_is_gone_says_how_to_resume(env, cap
     assert code == 0 and started and started[0] is not None, err  # mixed: lines carry a hash
 
 
+def test_a_folder_from_before_a_setting_existed_says_so(env, capsys, monkeypatch):
+    """A record without a key today's settings have (a folder written before it existed): the
+    refusal marks it '<unset>' and says what that means."""
+    from fuse_repro.provenance import fields_hash
+    from fuse_repro.records import write_provenance
+
+    folder = env["root"] / "run"
+    _interrupted_caption_folder(folder, capsys, monkeypatch)
+    record = json.loads((folder / "captions_config.json").read_text())
+    fields = {k: v for k, v in record["fields"].items() if k != "search.prefix_cache"}
+    write_provenance(folder, {"hash": fields_hash(fields), "fields": fields})
+    code, out, err = run_entry(["stage=caption", "logger=none", f"hydra.run.dir={folder}"],
+                               capsys, monkeypatch)
+    assert_one_line(code, out, err, "search.prefix_cache: '<unset>' -> True",
+                    "'<unset>' marks a setting the version that wrote the folder did not have",
+                    "resume=force")
+
+
 def test_a_legacy_folder_with_other_data_is_refused(env, capsys, monkeypatch):
     """The recorded path still exists but holds other data than the file given now: refused
     like any other setting, the two contents named by digest."""
