@@ -18,6 +18,7 @@ goes on; at the end the process exits non-zero naming the failed jobs.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -26,7 +27,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from fuse_repro.errors import (
     ConfigError,
     FuseError,
     one_line,
+    use_one_of,
 )
 from fuse_repro.records import check_writable, write_run_info, write_text
 from fuse_repro.tracking import run_group
@@ -73,7 +75,8 @@ BOOKKEEPING = {".hydra", "config_resolved.yaml", "run_info.json", "run.log", "wa
 def resolve_stage(name: Any) -> Any:
     """The stage module for ``name``; a clear error listing the known stages otherwise."""
     if name not in STAGES:
-        raise ConfigError(f"unknown stage={name!r}; known stages: {', '.join(sorted(STAGES))}")
+        raise ConfigError(f"unknown stage={name!r}; known stages: {', '.join(sorted(STAGES))}; "
+                          f"{use_one_of('stage', sorted(STAGES), name)}")
     return importlib.import_module(STAGES[name])
 
 
@@ -316,10 +319,33 @@ def restore_run_folder(folder: Path) -> bool:
     return True
 
 
+class RefusedFolder(BaseException):
+    """A run folder refused by ``RunFolderGuard`` before Hydra creates it. A BaseException, as
+    Hydra turns an ``Exception`` raised in a callback into a warning and goes on; ``main``
+    prints its ``error`` (a ``ConfigError``) as one line and exits 2."""
+
+    def __init__(self, error: ConfigError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def check_folder_path(folder: str, key: str) -> None:
+    """Refuse a run folder whose path holds ``${``: Hydra stores the run's folder in its own
+    config (``hydra.runtime.output_dir``), where ``${...}`` is read back as an interpolation, so
+    no run can set up its log there (Hydra would fail after creating the folder)."""
+    if "${" in folder:
+        raise RefusedFolder(ConfigError(
+            f"run folder {folder!r} contains '${{', which Hydra reads back as an interpolation: "
+            f"no run can work in it; choose a folder without '${{' ({key}=<folder>, or "
+            f"FUSE_LOG_DIR=<folder>)"))
+
+
 class RunFolderGuard(Callback):
-    """Hydra callback (``conf/hydra/default.yaml``): before Hydra writes ``.hydra/`` and its log
-    into the run folder, remember what an existing folder held there (``snapshot_run_folder``),
-    so that a refused resume changes nothing (``run_task`` restores it)."""
+    """Hydra callback (``conf/hydra/default.yaml``): before Hydra creates the run folder or
+    writes ``.hydra/`` and its log into it, refuse a folder no run can use
+    (``check_folder_path``) and remember what an existing folder held there
+    (``snapshot_run_folder``), so that a refused resume changes nothing (``run_task`` restores
+    it)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _SNAPSHOT.clear()
@@ -328,15 +354,25 @@ class RunFolderGuard(Callback):
             subdir = OmegaConf.select(config, "hydra.output_subdir")
         except Exception:  # noqa: BLE001  (an unresolvable run dir: Hydra itself will say so)
             return
+        check_folder_path(str(folder), "hydra.run.dir")
         snapshot_run_folder(folder, None if subdir is None else str(subdir))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            folder = os.path.abspath(str(OmegaConf.select(config, "hydra.sweep.dir")))
+        except Exception:  # noqa: BLE001  (an unresolvable sweep dir: Hydra itself will say so)
+            return
+        check_folder_path(folder, "hydra.sweep.dir")
 
 
 def hydra_quote(value: str) -> str:
     """``value`` as a Hydra override value: as is when Hydra's grammar takes it unquoted, else
-    single-quoted with Hydra's escapes (a quote, and the backslashes before one)."""
+    single-quoted with Hydra's escapes (a quote, an interpolation's ``${`` taken literally, and
+    the backslashes before either)."""
     if value and all(ch.isascii() and (ch.isalnum() or ch in "/._-:+~@") for ch in value):
         return value
     escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    escaped = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", escaped)
     escaped = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped)
     return f"'{escaped}'"
 
@@ -411,12 +447,14 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]] | None:
 def check_sweep(overrides: list[str]) -> int:
     """Before a multirun starts, compose and check every job's config (``check_config``: the
     schema, the device, the stage's own checks), so that one bad value stops the sweep before
-    its first job rather than after the others ran; returns the number of jobs checked."""
+    its first job rather than after the others ran; returns the number of jobs checked. Its
+    warnings are not shown (each job's own check shows them when the job runs)."""
     from hydra import initialize_config_dir
 
     from fuse_repro.config.hashing import REPO_ROOT
 
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"), \
+            _quiet_warnings():
         jobs = sweep_jobs(overrides)
         if jobs is None:
             return 0
@@ -426,16 +464,30 @@ def check_sweep(overrides: list[str]) -> int:
             try:
                 check_config(compose("config", overrides=job), Path("/nonexistent/sweep-check"))
             except _user_error_types() as err:
-                line = one_line(err) if isinstance(err, FuseError) else compose_error_line(err)
+                line = one_line(err) if isinstance(err, FuseError) else compose_error_line(err, job)
                 raise ConfigError(f"sweep job {num} ({' '.join(job)}): {line}; no job was run")
     return len(jobs)
+
+
+@contextlib.contextmanager
+def _quiet_warnings() -> Iterator[None]:
+    """Log records up to WARNING dropped for the block (the sweep's pre-check, which would say
+    each job's warnings once more than the job itself)."""
+    before = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(before)
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    return (FuseError, HydraException, OmegaConfBaseException)
+    import yaml
+
+    return (FuseError, HydraException, OmegaConfBaseException, yaml.YAMLError)
 
 
 def main(hydra_entry: Callable[[], Any], argv: list[str] | None = None) -> int:
@@ -460,6 +512,11 @@ def main(hydra_entry: Callable[[], Any], argv: list[str] | None = None) -> int:
         hydra_entry()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except RefusedFolder as refused:
+        if full:
+            raise refused.error from None
+        print(f"error: {one_line(refused.error)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -469,7 +526,7 @@ def main(hydra_entry: Callable[[], Any], argv: list[str] | None = None) -> int:
         if isinstance(err, FuseError):
             line = one_line(err)
         else:  # Hydra / OmegaConf while composing: an unknown option or key, a bad override
-            line = one_line(ValueError(compose_error_line(err)))
+            line = one_line(ValueError(compose_error_line(err, args)))
         print(f"error: {line}", file=sys.stderr)
         return EXIT_USER_ERROR
     except AssertionError as err:
@@ -477,7 +534,14 @@ def main(hydra_entry: Callable[[], Any], argv: list[str] | None = None) -> int:
         # e.g. a key inside a node that is null. Only before the task ran is that the user's.
         if full or getattr(err, "_fuse_in_task", False):
             raise
-        print(f"error: {one_line(ValueError(compose_error_line(err)))}", file=sys.stderr)
+        print(f"error: {one_line(ValueError(compose_error_line(err, args)))}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except AttributeError as err:
+        # OmegaConf fails so when an override merges a mapping into a node that is null by
+        # default (target.tokenizer={...}); only before the task ran, and only that, is the user's.
+        if full or getattr(err, "_fuse_in_task", False) or "object_type=NoneType" not in str(err):
+            raise
+        print(f"error: {one_line(ValueError(compose_error_line(err, args)))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as err:
         # Before the task ran: Hydra could not create the run folder or save its configs.

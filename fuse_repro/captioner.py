@@ -32,7 +32,7 @@ from fuse_repro.config import (
     check_choice,
     stable_hash,
 )
-from fuse_repro.errors import FuseError, ObjectiveError
+from fuse_repro.errors import FuseError, ObjectiveError, use_one_of
 from fuse_repro.models import load_model
 from fuse_repro.objectives import OBJECTIVES, SecondaryObjective, build_objective
 from fuse_repro.provenance import record_provenance
@@ -44,7 +44,17 @@ from fuse_repro.records import (
     clean_captions,
     read_jsonl,
 )
-from fuse_repro.search import SEARCH_METHODS, check_conventions, encode_prefix, search_items, timed_search
+from fuse_repro.search import (
+    EVAL_DTYPES,
+    LM_TERMS,
+    RETURNED,
+    SEARCH_METHODS,
+    SLOT_INITS,
+    check_conventions,
+    encode_prefix,
+    search_items,
+    timed_search,
+)
 from fuse_repro.tracking import Tracker
 from fuse_repro.weights import check_available
 
@@ -83,7 +93,10 @@ def check_search(search: SearchConfig, methods: Sequence[str] = ()) -> None:
     options are names of the search registries."""
     check_choice("search.method", search.method, tuple(SEARCH_METHODS))
     for name in methods:
-        check_choice("pipeline.methods entry", name, tuple(SEARCH_METHODS))
+        check_choice("pipeline.methods", name, tuple(SEARCH_METHODS), in_list=True)
+    for key, allowed in (("slot_init", tuple(SLOT_INITS)), ("lm_term", LM_TERMS),
+                         ("returned", RETURNED), ("eval_dtype", EVAL_DTYPES)):
+        check_choice(f"search.{key}", getattr(search, key), allowed)  # the line says the fix
     check_conventions(search)
     if search.beam_width > search.top_k:
         log.warning("search.beam_width=%d is larger than search.top_k=%d: the first step proposes "
@@ -98,8 +111,9 @@ def check_objective_fits_dataset(objective: ObjectiveConfig, items: Sequence[Any
     needs target texts, a CLIP term images. Fails before any model loads, naming what works."""
     for name, term in objective.terms.items():
         if term.kind not in OBJECTIVES:
+            fix = use_one_of(f"objective.terms.{name}.kind", sorted(OBJECTIVES), term.kind)
             raise ConfigError(f"objective.terms.{name}.kind={term.kind!r} is not an objective; "
-                              f"known: {sorted(OBJECTIVES)}")
+                              f"known: {sorted(OBJECTIVES)}; {fix}")
         needs = OBJECTIVES[term.kind].needs
         if needs is None or any(getattr(it, _ITEM_ATTR[needs], None) for it in items):
             continue
@@ -208,17 +222,19 @@ def caption_items(
     *,
     fields: Mapping[str, Any] | None = None,
     resume: str | None = None,
+    roots: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Caption every item not yet in ``out_dir/captions.jsonl``; returns all records, in the
     dataset's order. ``fields`` (``provenance.results_fields``) are recorded and checked against
     what the folder holds, under the run's ``resume`` (``force`` mixes settings, stamping each
-    line's config hash); without ``fields`` the folder's provenance is not kept."""
+    line's config hash; ``roots``, ``provenance.path_roots``, reads a record an earlier version
+    wrote); without ``fields`` the folder's provenance is not kept."""
     check_prefix_fits(captioner, search)  # a bad prefix fails the run, not each item
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = None
     if fields is not None:
         assert resume is not None, "fields without the run's resume mode"
-        stamp = record_provenance(out_dir, fields, resume)
+        stamp = record_provenance(out_dir, fields, resume, roots)
     path = out_dir / CAPTIONS_NAME
     done = clean_captions(path)
     finished = {r["id"] for r in done}

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from fuse_repro.errors import FuseError
+from fuse_repro.errors import FuseError, use_one_of
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +345,8 @@ def canonical_metric(name: str) -> str:
     key = str(name).lower()
     if key not in aliases:
         raise ScorerConfigError(
-            f"unknown metric {name!r} in scoring.metrics; known: {list(METRICS)}")
+            f"unknown metric {name!r} in scoring.metrics; known: {list(METRICS)}; "
+            f"{use_one_of('scoring.metrics', METRICS, name, in_list=True)}")
     return aliases[key]
 
 

@@ -10,6 +10,10 @@ Full tracebacks for user errors: ``debug=true`` or ``HYDRA_FULL_ERROR=1``.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+from typing import Any
+
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -25,6 +29,35 @@ class ConfigError(FuseError, ValueError):
 class ObjectiveError(FuseError, ValueError):
     """An objective that cannot be built or evaluated for this input (raised by the objectives
     and by the search's LM side; here so neither imports the other for it)."""
+
+
+class ContextLengthError(ObjectiveError):
+    """A text longer than a model's context, found when it is framed for the model (a caption
+    that grew past a secondary model's context mid-search: that item fails alone, into the run
+    folder's ``errors.jsonl``, as an unreadable image does)."""
+
+
+CONTEXT_FIX = ("shorten the text (in a caption search: a shorter search.prefix or fewer "
+               "search.steps)")
+
+
+def context_error(model: str, n_tokens: int, what: str, limit: int,
+                  text: str) -> ContextLengthError:
+    """The ``ContextLengthError`` of a text of ``n_tokens`` (specials included) framed for a
+    model whose context (``what``, e.g. ``max_length``) holds ``limit``."""
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    return ContextLengthError(f"{model}: {n_tokens} tokens exceed {what} {limit} for the text "
+                              f"{shown!r}; {CONTEXT_FIX}")
+
+
+def use_one_of(key: str, allowed: Iterable[Any], value: Any = None, in_list: bool = False) -> str:
+    """The fix of a line refusing ``value`` for ``key`` whose allowed values it lists:
+    ``use one of them, e.g. key=<the allowed value closest to value, else the first>``
+    (``key=[...]`` for an entry of a list)."""
+    options = [str(a) for a in allowed]
+    close = difflib.get_close_matches(str(value), options, n=1) if value is not None else []
+    pick = close[0] if close else options[0] if options else "<value>"
+    return f"use one of them, e.g. {key}={f'[{pick}]' if in_list else pick}"
 
 
 def one_line(err: BaseException) -> str:

@@ -9,6 +9,12 @@ with. The dataset's files count by content (``annotations`` as ``sha256:...``, `
 a hash of its file names and sizes), never by location. ``records.merge_captions`` refuses
 shards whose hashes differ.
 
+Folders written before the dataset's files counted by content (commit 36d225d) record them by
+their (masked) path. Such a record is compared in today's form where it can be: the recorded
+path, if it still holds a file (a folder), is named by its content now, so a plain resume of an
+unchanged setup goes on and the record is rewritten in today's form. A recorded path that is
+gone cannot be compared: the refusal says so and that ``resume=force`` resumes anyway.
+
 ``check_provenance`` only decides (it reads, never writes); ``record_provenance`` carries the
 decision out through the writers in ``records``.
 """
@@ -19,13 +25,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fuse_repro.config import FuseConfig, stable_hash
-from fuse_repro.config.hashing import masked_groups
+from fuse_repro.config.hashing import MASKED_PATHS, masked_groups
 from fuse_repro.records import (
     CAPTIONS_NAME,
     ProvenanceError,
@@ -94,6 +101,49 @@ def fields_hash(fields: Mapping[str, Any]) -> str:
     return stable_hash(dict(fields))
 
 
+def path_roots(cfg: FuseConfig) -> dict[str, str]:
+    """``{name: path}`` of the path roots a recorded path is masked by (``<paths.name>/...``),
+    to read a path recorded by an earlier version back (``check_provenance``)."""
+    return {name: str(getattr(cfg.paths, name)) for name in MASKED_PATHS}
+
+
+# The dataset's files that a folder names by content, each with the prefix of today's form, the
+# kind of path it is and the digest that names it. Before commit 36d225d they were recorded by
+# their masked path.
+_CONTENT_KEYS = {
+    "dataset.annotations": ("sha256:", os.path.isfile, file_digest),
+    "dataset.image_dir": ("listing-sha256:", os.path.isdir, folder_digest),
+}
+
+
+def _unmask(value: str, roots: Mapping[str, str]) -> str | None:
+    """A recorded path with its ``<paths.name>`` root put back (None for an unknown root)."""
+    match = re.fullmatch(r"<paths\.(\w+)>(.*)", value, flags=re.DOTALL)
+    if match is None:
+        return value
+    root = roots.get(match.group(1))
+    return None if root is None else root.rstrip("/") + match.group(2)
+
+
+def legacy_fields(old: Mapping[str, Any], new: Mapping[str, Any],
+                  roots: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``old`` (a folder's recorded fields) with each dataset file that an earlier version
+    recorded by its path named by its content instead, where that path still holds one; and
+    ``{key: recorded path}`` of those whose path is gone (they cannot be compared)."""
+    upgraded, gone = dict(old), {}
+    for key, (prefix, exists, digest) in _CONTENT_KEYS.items():
+        was, now = old.get(key), new.get(key)
+        if not (isinstance(was, str) and isinstance(now, str) and now.startswith(prefix)) \
+                or was.startswith(prefix):
+            continue  # today's form, or no file on either side: compared as recorded
+        path = _unmask(was, roots)
+        if path is not None and exists(path):
+            upgraded[key] = digest(path)
+        else:
+            gone[key] = was
+    return upgraded, gone
+
+
 @dataclass(frozen=True)
 class Provenance:
     """What a caption run does to a folder's provenance: the record to write, whether the lines
@@ -110,12 +160,14 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
             for k in keys if old.get(k, "<unset>") != new.get(k, "<unset>")]
 
 
-def check_provenance(folder: str | Path, fields: Mapping[str, Any], resume: str) -> Provenance:
+def check_provenance(folder: str | Path, fields: Mapping[str, Any], resume: str,
+                     roots: Mapping[str, str] | None = None) -> Provenance:
     """Decide whether ``folder`` may take captions made with ``fields``; writes nothing.
 
     A folder whose captions were made with other settings is refused (``ProvenanceError``),
     naming the differing keys; ``resume=force`` accepts it and from then on every caption line
-    carries its hash.
+    carries its hash. A record in an earlier version's form (dataset files by path) is compared
+    in today's (``legacy_fields``; ``roots``, from ``path_roots``, reads its masked paths).
     """
     folder = Path(folder)
     new_hash = fields_hash(fields)
@@ -128,16 +180,16 @@ def check_provenance(folder: str | Path, fields: Mapping[str, Any], resume: str)
         if mixed:
             record["mixed"] = True
         return Provenance(record, None, new_hash if mixed else None)
-    if old.get("hash") == new_hash and not old.get("mixed"):
-        return Provenance(None, None, None)
-    if old.get("hash") != new_hash and resume != "force":
-        diff = _differences(old.get("fields") or {}, fields)
-        shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
-        raise ProvenanceError(
-            f"{folder} holds captions made with other settings "
-            f"({shown or 'hash ' + str(old.get('hash'))}); "
-            f"rerun with the same settings, use a new run folder, or add resume=force to mix "
-            f"them (each caption then records its config hash)")
+    compared, gone = legacy_fields(old.get("fields") or {}, fields, roots or {})
+    same = old.get("hash") == new_hash or (not gone and compared == dict(fields))
+    if same and not old.get("mixed"):
+        if old.get("hash") == new_hash:
+            return Provenance(None, None, None)
+        log.info("%s: provenance recorded by an earlier version, same settings; rewritten in "
+                 "today's form", folder)
+        return Provenance(record, None, None)
+    if not same and resume != "force":
+        raise ProvenanceError(_refusal(folder, old, compared, gone, fields))
     previous = sorted({*old.get("previous", []), str(old.get("hash"))} - {new_hash})
     # every earlier config's values, not only its hash: {hash: fields}
     previous_fields = {**(old.get("previous_fields") or {}),
@@ -148,11 +200,36 @@ def check_provenance(folder: str | Path, fields: Mapping[str, Any], resume: str)
                       None if old.get("mixed") else str(old.get("hash")), new_hash)
 
 
-def record_provenance(folder: str | Path, fields: Mapping[str, Any], resume: str) -> str | None:
+def _refusal(folder: Path, old: Mapping[str, Any], compared: Mapping[str, Any],
+             gone: Mapping[str, str], fields: Mapping[str, Any]) -> str:
+    """The one line refusing a resume: the differing keys, and the recorded paths (an earlier
+    version's form) that can no longer be compared, with what to do."""
+    diff = _differences({k: v for k, v in compared.items() if k not in gone},
+                        {k: v for k, v in fields.items() if k not in gone})
+    shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+    force = "resume=force to mix them (each caption then records its config hash)"
+    newer = [k for k in fields if k not in compared and k not in gone]
+    if newer and not gone:
+        shown += "; '<unset>' marks a setting the version that wrote the folder did not have yet"
+    if not gone:
+        return (f"{folder} holds captions made with other settings "
+                f"({shown or 'hash ' + str(old.get('hash'))}); "
+                f"rerun with the same settings, use a new run folder, or add {force}")
+    paths = ", ".join(f"{k} as the path {v!r}" for k, v in sorted(gone.items()))
+    line = (f"{folder} was written by an earlier version, which recorded {paths} instead of "
+            f"its content, and that path no longer exists, so its data cannot be compared")
+    if diff:
+        return (f"{line}; other settings differ too ({shown}); rerun with the same settings, "
+                f"use a new run folder, or add {force}")
+    return (f"{line}; if the data are the same, add {force}, else use a new run folder")
+
+
+def record_provenance(folder: str | Path, fields: Mapping[str, Any], resume: str,
+                      roots: Mapping[str, str] | None = None) -> str | None:
     """``check_provenance``, then write what it decided; returns the hash each new caption line
     must carry (None unless the folder mixes settings)."""
     folder = Path(folder)
-    decision = check_provenance(folder, fields, resume)
+    decision = check_provenance(folder, fields, resume, roots)
     if decision.stamp_old is not None:
         stamp_captions(folder / CAPTIONS_NAME, decision.stamp_old)
         log.warning("resume=force: %s now mixes captions of config %s and %s; each line "

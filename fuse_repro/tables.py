@@ -23,6 +23,7 @@ scores, sentiment accuracy as a percentage).
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
 import logging
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fuse_repro.errors import ConfigError
+from fuse_repro.errors import ConfigError, use_one_of
 from fuse_repro.records import (
     CAPTIONS_NAME,
     RUN_INFO_NAME,
@@ -413,12 +414,15 @@ def build_tables(
     """
     bad = sorted(set(formats) - set(FORMATS))
     if bad:
-        raise ConfigError(f"unknown table formats {bad}; known: {list(FORMATS)}")
+        raise ConfigError(f"unknown table formats {bad}; known: {list(FORMATS)}; "
+                          f"{use_one_of('table.formats', FORMATS, bad[0], in_list=True)}")
     given = dict(datasets or {})
     unknown_roles = sorted(set(given) - set(DEFAULT_DATASETS))
     if unknown_roles:
-        raise ConfigError(f"unknown table.datasets roles {unknown_roles}; "
-                          f"known: {sorted(DEFAULT_DATASETS)}")
+        known = sorted(DEFAULT_DATASETS)
+        pick = (difflib.get_close_matches(unknown_roles[0], known, n=1) or known)[0]
+        raise ConfigError(f"unknown table.datasets roles {unknown_roles}; known: {known}; use "
+                          f"one of them, e.g. table.datasets.{pick}=[<dataset names>]")
     roles = {role: [names] if isinstance(names, str) else list(names)
              for role, names in (given if datasets is not None else DEFAULT_DATASETS).items()}
     records = collect_runs(roots)

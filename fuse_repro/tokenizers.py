@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fuse_repro.config.model import TOKENIZER_SOURCES
-from fuse_repro.errors import ConfigError
+from fuse_repro.errors import ConfigError, context_error
 from fuse_repro.records import atomic_dir
 from fuse_repro.weights import cfg_get, gguf_tokenizer_dir, gpt2_bpe_dir, hf_load, hf_source
 from fuse_repro.word_spans import (
@@ -159,7 +159,8 @@ class HFTokenizer(WordTokenizer):
     def with_specials(self, ids: Sequence[int]) -> tuple[list[int], int]:
         full = list(self._prefix) + [int(t) for t in ids] + list(self._suffix)
         if self.max_length is not None and len(full) > self.max_length:
-            raise ValueError(f"{self.name}: {len(full)} tokens exceed max_length {self.max_length}")
+            raise context_error(self.name, len(full), "max_length", self.max_length,
+                                self.decode(ids))
         return full, len(self._prefix)
 
     def fingerprint(self) -> str:
@@ -343,9 +344,8 @@ class OpenClipTokenizer(WordTokenizer):
     def with_specials(self, ids: Sequence[int]) -> tuple[list[int], int]:
         full = [self.sot_id] + [int(t) for t in ids] + [self.eot_id]
         if self.max_length is not None and len(full) > self.max_length:
-            raise ValueError(
-                f"{self.name}: {len(full)} tokens exceed the context length {self.max_length}"
-            )
+            raise context_error(self.name, len(full), "the context length", self.max_length,
+                                self.decode(ids))
         return full, 1
 
     def fingerprint(self) -> str:

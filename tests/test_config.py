@@ -436,7 +436,8 @@ def test_unknown_option_lists_the_available_ones():
     with pytest.raises(Exception) as err:
         compose_cfg(["search=greedy"])
     assert compose_error_line(err.value) == (
-        "In 'config': Could not find 'search/greedy'; available: fuse, paper")
+        "In 'config': Could not find 'search/greedy'; available: fuse, paper; use one of them, "
+        "e.g. search=fuse")
     with pytest.raises(Exception) as err:
         compose_cfg(["model@source=gpt3"])
     line = compose_error_line(err.value)
@@ -445,10 +446,13 @@ def test_unknown_option_lists_the_available_ones():
 
 
 def test_override_inside_a_null_node_gets_a_line_too():
-    # Hydra raises a bare AssertionError here; the line says what to do instead.
+    # Hydra raises a bare AssertionError here; the line says what to do instead (the command
+    # line names the node; without it the line says where such a node is set).
     with pytest.raises(AssertionError) as err:
         compose_cfg(["target.tokenizer.source=hf"])
-    assert "set the whole node instead" in compose_error_line(err.value)
+    line = compose_error_line(err.value, ["stage=fit", "target.tokenizer.source=hf"])
+    assert "target.tokenizer is null" in line and "model@target=<new>" in line
+    assert "in a config file" in compose_error_line(err.value)
 
 
 def test_all_zero_weights_and_stray_sentiment_key():

@@ -82,13 +82,21 @@ BAD_TARGETS = '[{"id": "1", "target": "a dog"}, {"id": "2"'  # cut off: not JSON
         (["stage=fit", "source.backend=nope"], ["backend='nope'"]),
         (["stage=caption", "dataset=image_folder", "dataset.image_dir={images}",
           "objective=text_similarity"], ["objective=clip", "text_similarity"]),
-        (["search=nope"], ["search/nope", "fuse"]),
-        (["search.beam_widht=3"], ["beam_widht", "beam_width"]),
-        (["stage=bogus"], ["bogus", "pipeline"]),
-        (["resume=maybe"], ["resume", "maybe"]),
+        (["search=nope"], ["search/nope", "fuse", "; use one of them, e.g. search=fuse"]),
+        (["search.beam_widht=3"], ["beam_widht", "; use search.beam_width (known keys:"]),
+        (["stage=bogus"], ["bogus", "pipeline", "; use one of them, e.g. stage="]),
+        (["resume=maybe"], ["resume", "maybe", "; use one of them, e.g. resume=check"]),
         (["threads=0"], ["threads"]),
         (["stage=score", "scoring.captions={root}/none.json"], ["none.json"]),
-        (["stage=fit", "target.tokenizer.source=hf"], ["null", "whole node"]),
+        (["stage=fit", "target.tokenizer.source=hf"],
+         ["target.tokenizer is null", "conf/model/<new>.yaml", "model@target=<new>"]),
+        (["stage=fit", "target.tokenizer={{source:hf,name_or_path:gpt2}}"],
+         ["target.tokenizer is null", "set 'tokenizer:' there", "model@target=<new>"]),
+        (["stage=fit", "target.architecture={{model_type:bert}}"],
+         ["target.architecture is null", "model@target=<new>"]),
+        (["objective.terms.text_similarity.model.tokenizer={{source:hf}}"],
+         ["objective.terms.text_similarity.model.tokenizer is null",
+          "model@objective.terms.text_similarity.model=<new>"]),
         # files that are not what they claim to be (issue 18): one line naming the file
         (["stage=caption", "dataset=text_targets", "dataset.annotations={root}/binary.json"],
          ["binary.json", "not UTF-8 text", "dataset.annotations"]),
@@ -112,16 +120,47 @@ BAD_TARGETS = '[{"id": "1", "target": "a dog"}, {"id": "2"'  # cut off: not JSON
         (["stage=score", "scoring.captions={root}"], ["is a folder", "scoring.captions="]),
         (["model@source=minilm_l6"], ["model@source=minilm_l6", "causal LM",
                                       "model@source=smollm2_135m"]),
+        (["dataset.synthetic.seed=5"], ["dataset.synthetic.seed=5:", "synthetic_images only",
+                                        "'text_targets'", "remove the override"]),
+        (["dataset=coco_text_targets", "dataset.synthetic.size=64", "dataset.synthetic.seed=2"],
+         ["dataset.synthetic.size=64, dataset.synthetic.seed=2:", "remove the override"]),
+        (["+model@objective.terms.lm.model=minilm_l6", "+objective.terms.lm.kind=text_similarity",
+          "+objective.terms.lm.weight=5"],
+         ["objective.terms.lm:", "may not be named 'lm'", "objective.lm_weight",
+          "objective.terms.lm_term"]),
+        # a line listing the allowed values says which to use (issue 18)
+        (["search.method=beem"], ["'beem' is not one of", "use one of them, e.g. search.method="]),
+        (["dataset.format=karpaty"], ["use one of them, e.g. dataset.format=karpathy"]),
+        (["search.lm_term=x"], ["search.lm_term='x'", "e.g. search.lm_term=generated"]),
+        (["table.formats=[pdf]"], ["table.formats entry='pdf'", "e.g. table.formats=[md]"]),
+        (["source.dtype=float8"], ["dtype='float8'", "e.g. dtype=float32",
+                                   "conf/model/smollm2_135m.yaml"]),
+        (["weights=x"], ["weights='x'", "e.g. weights=pretrained"]),
+        (["model@source=nope"], ["model/nope", "e.g. model@source="]),
+        (["scoring.metrics=[x]", "stage=score"], ["unknown metric 'x'",
+                                                  "e.g. scoring.metrics=[Bleu]"]),
+        (["stage=table", "+table.datasets.cocoo=[a]"],
+         ["role 'cocoo'", "e.g. table.datasets.coco=[<dataset names>]"]),
+        (["objective.terms.text_similarity.kind=simlarity"],
+         ["not an objective", "e.g. objective.terms.text_similarity.kind=text_similarity"]),
+        (["+model@objective.terms.total.model=minilm_l6",
+          "+objective.terms.total.kind=text_similarity", "+objective.terms.total.weight=5"],
+         ["objective.terms.total:", "may not be named 'total'"]),
     ],
     ids=["beam_width_0", "max_tokens_0", "negative_weight", "missing_image_folder",
          "malformed_targets", "unknown_backend", "image_folder_needs_image_objective",
          "unknown_group_option", "misspelled_key", "unknown_stage", "bad_resume", "threads_0",
-         "missing_results_file", "key_inside_null_node", "binary_annotations",
+         "missing_results_file", "key_inside_null_node", "mapping_into_null_node",
+         "mapping_into_null_architecture", "mapping_into_null_term_tokenizer", "binary_annotations",
          "latin1_annotations", "folder_annotations", "truncated_annotations", "binary_corpus",
          "folder_corpus",
          "device_mps", "negative_seed",
          "unquoted_non_ascii_path", "unquoted_path_with_space", "pipeline_methods_entry",
-         "results_file_is_a_folder", "encoder_as_source"],
+         "results_file_is_a_folder", "encoder_as_source", "synthetic_seed_on_text_targets",
+         "synthetic_keys_on_coco_text_targets", "term_named_lm",
+         "choice_search_method", "choice_dataset_format", "choice_lm_term", "choice_table_format",
+         "choice_model_dtype", "choice_weights", "choice_model_option", "choice_metric",
+         "choice_table_role", "choice_objective_kind", "term_named_total"],
 )
 def test_config_errors_are_one_line_before_any_work(args, needles, env, capsys, monkeypatch):
     (env["root"] / "bad.json").write_text(BAD_TARGETS)
@@ -149,6 +188,40 @@ def test_a_results_file_that_is_not_one_is_one_line(name, data, needles, env, ca
                                capsys, monkeypatch)
     assert_one_line(code, out, err, *needles)
     assert not list(env["logs"].rglob("metrics.json"))
+
+
+def test_a_null_node_set_as_the_error_line_says_composes(tmp_path):
+    """What the null-node line advises works: a copy of the model's yaml with the block, selected
+    with model@target=<new>, gives the node (here in a copy of conf/)."""
+    import shutil
+
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO / "conf", conf)
+    model = (conf / "model" / "minilm_l6.yaml").read_text()
+    (conf / "model" / "my_minilm.yaml").write_text(
+        model.replace("name: minilm_l6", "name: my_minilm")
+        + "tokenizer:\n  source: hf\n  name_or_path: gpt2\n")
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("config", overrides=["stage=fit", "model@target=my_minilm"])
+    root = validate(cfg, output_dir=str(tmp_path / "run"))
+    assert (root.target.tokenizer.source, root.target.tokenizer.name_or_path) == ("hf", "gpt2")
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("name: [my_model\n", "expected ',' or ']'"),
+    ("name: my_model\nname: twice\n", "found duplicate key name"),
+], ids=["unclosed_list", "duplicate_key"])
+def test_a_config_file_that_is_not_yaml_is_one_line(text, needle, env, capsys, monkeypatch):
+    """A model file a user wrote (as the null-node line advises) with a YAML mistake: one line
+    naming the file, the place and the problem, not the YAML parser's traceback."""
+    extra = env["root"] / "extra"
+    (extra / "model").mkdir(parents=True)
+    bad = extra / "model" / "my_model.yaml"
+    bad.write_text("defaults:\n  - /schema/model/hf@_here_\n  - _self_\n" + text)
+    code, out, err = run_entry(["stage=fit", "model@target=my_model",
+                                f"hydra.searchpath=[file://{extra}]", "logger=none"], capsys,
+                               monkeypatch)
+    assert_one_line(code, out, err, f"{bad}, line ", "not valid YAML", needle, "fix that file")
 
 
 def test_image_folder_selects_an_image_objective():
@@ -365,6 +438,44 @@ def test_subset_larger_than_the_dataset_is_one_warning_line(env, capsys, monkeyp
     assert code == 0 and not _warning_lines(out, err, "dataset.subset.n")
 
 
+@pytest.mark.parametrize("stage", ["caption", "pipeline", "fidelity"])
+def test_a_caption_run_reads_its_dataset_once_and_warns_once(stage, env, capsys, monkeypatch):
+    """The stage's check reads the dataset and its run takes the same items (the run is stopped
+    where the models would load): one read, one subset warning."""
+    from fuse_repro.errors import FuseError
+    from fuse_repro.stages import caption as caption_stage
+
+    reads = []
+    real = caption_stage.load_dataset
+    monkeypatch.setattr(caption_stage, "load_dataset",
+                        lambda dataset: reads.append(dataset.name) or real(dataset))
+
+    def no_models(*args, **kwargs):
+        raise FuseError("stopped before the models load")
+
+    module = __import__(f"fuse_repro.stages.{stage}", fromlist=["build_captioner"])
+    monkeypatch.setattr(module, "build_captioner", no_models)
+    code, out, err = run_entry([f"stage={stage}", "dataset.subset.mode=first",
+                                "dataset.subset.n=100", "logger=none"], capsys, monkeypatch)
+    assert_one_line(code, out, err, "stopped before the models load")
+    assert "fuse-repro: stage=" in out  # the run itself started
+    assert reads == ["demo_text_targets"]
+    assert len(_warning_lines(out, err, "dataset.subset.n=100")) == 1, out[-3000:]
+
+
+def test_a_sweep_warns_once_per_job(env, capsys, monkeypatch):
+    """The sweep's pre-check of every job says nothing of their warnings: each job says its own
+    once, when it runs."""
+    from fuse_repro.stages import caption as caption_stage
+
+    monkeypatch.setattr(caption_stage, "run", lambda cfg, out_dir: {})
+    code, out, err = run_entry(["-m", "stage=caption", "search.steps=1,2",
+                                "dataset.subset.mode=first", "dataset.subset.n=100",
+                                "logger=none"], capsys, monkeypatch)
+    assert code == 0, err[-3000:]
+    assert len(_warning_lines(out, err, "dataset.subset.n=100")) == 2, out[-3000:]
+
+
 @pytest.mark.parametrize("mode", ["first", "sample"])
 def test_subset_larger_than_the_items_warns_at_the_function(mode, caplog):
     from fuse_repro.data import Item, select_subset
@@ -494,6 +605,35 @@ def test_resume_hint_for_a_folder_with_spaces_and_accents_runs_as_printed(env, c
     assert (folder / "runs.md").is_file()
 
 
+@pytest.mark.parametrize("value", [
+    "/a/b", "/my runs/résumé it's", "/a/x${b}c", "/a/é ${x} ${y}", "/a/back\\slash",
+    "/a/q\\'x", "/a/lit\\${b}", "/a/end\\", "/a/$x{y}"])
+def test_hydra_quote_gives_hydra_the_value_itself(value):
+    """What ``hydra_quote`` writes, Hydra reads back as the very value: quotes, backslashes and
+    ``${`` (an interpolation unless escaped) included."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"scoring.label={app.hydra_quote(value)}"])
+    assert cfg.scoring.label == value
+
+
+@pytest.mark.slow
+def test_resume_hint_for_a_folder_with_an_interpolation_is_refused_in_one_line(env):
+    """A run folder whose path holds ``${``: the hint (``resume_command``, what Ctrl-C prints)
+    passes the path to Hydra literally (escaped), and the run is refused in one line naming
+    that path and the fix, before Hydra creates the folder (Hydra itself cannot run in it: it
+    reads its run folder's path back as an interpolation)."""
+    folder = env["root"] / "runs ${oops}" / "it's"
+    roots = env["root"] / "no runs"
+    roots.mkdir()
+    hint = app.resume_command(folder, ["run.py", "stage=table", f"table.roots=['{roots}']",
+                                       "logger=none"])
+    proc = subprocess.run(["bash", "-c", hint], cwd=REPO, env=_subprocess_env(env),
+                          capture_output=True, text=True, timeout=300)
+    assert_one_line(proc.returncode, proc.stdout, proc.stderr, f"run folder {str(folder)!r}",
+                    "contains '${'", "choose a folder without '${'")
+    assert not (env["root"] / "runs ${oops}").exists()
+
+
 @pytest.mark.slow
 def test_prefix_longer_than_a_secondary_context_is_one_line(env, capsys, monkeypatch):
     """A prefix that cannot fit the secondary model's context (tiny_roberta cut to 16 tokens)
@@ -508,6 +648,30 @@ def test_prefix_longer_than_a_secondary_context_is_one_line(env, capsys, monkeyp
     assert code == 2 and len(line) == 1 and "Traceback" not in err, err[-3000:]
     assert "search.prefix is 17 tokens for tiny_roberta, whose context holds 16" in line[0]
     assert run_folders(env["logs"]) == []  # nothing captioned: the folder is removed
+
+
+@pytest.mark.slow
+def test_a_caption_that_outgrows_a_secondary_context_fails_its_item_not_the_run(env, capsys,
+                                                                                monkeypatch):
+    """The up-front check is a lower bound (a primary token may become several secondary
+    tokens): prefix "An image of" (3 MiniLM tokens) + 4 steps + 2 specials fit tiny_roberta cut
+    to 9, but the search's candidates grow past it. Each item fails alone into errors.jsonl
+    with the fix, no traceback; with every item failed, the run ends in one line."""
+    folder = env["root"] / "run"
+    code, out, err = run_entry([
+        "stage=caption", "model@source=tiny_gpt2", "objective=tiny_sentiment",
+        "objective.terms.sentiment.model.max_length=9", "search.steps=4",
+        "adapter.words_per_bucket=64", "adapter.corpus.max_words=5000",
+        "dataset.subset.mode=first", "dataset.subset.n=2", "logger=none",
+        f"hydra.run.dir={folder}"], capsys, monkeypatch)
+    line = [ln for ln in err.strip().splitlines() if ln.startswith("error: ")]
+    assert code == 2 and len(line) == 1 and "Traceback" not in out + err, err[-3000:]
+    errors = [json.loads(ln) for ln in (folder / "errors.jsonl").read_text().splitlines()]
+    assert [e["id"] for e in errors] == DEMO_IDS[:2]
+    if TEXT_ASSERTIONS:
+        assert "no item could be captioned" in line[0] and "exceed max_length 9" in line[0]
+        assert "search.prefix or fewer search.steps" in line[0], line
+        assert all("exceed max_length 9" in e["error"] for e in errors), errors
 
 
 # --------------------------------------------------------------------------------------------
@@ -674,3 +838,150 @@ def test_refused_pipeline_resume_leaves_the_folder_byte_identical(env, capsys, m
                                capsys, monkeypatch)
     assert_one_line(code, out, err, "fuse", "search.steps: 6 -> 3", "resume=force")
     assert _folder_bytes(folder) == before
+
+
+# --------------------------------------------------------------------------------------------
+# a caption folder written before provenance named the dataset's files by content
+
+
+def _as_legacy_record(folder: Path, annotations: str) -> None:
+    """Rewrite ``captions_config.json`` as versions before the resume-identity change (commit
+    36d225d) wrote it: the annotation file by its (masked) path, the hash over that."""
+    from fuse_repro.provenance import fields_hash
+    from fuse_repro.records import write_provenance
+
+    record = json.loads((folder / "captions_config.json").read_text())
+    assert record["fields"]["dataset.annotations"].startswith("sha256:")
+    fields = {**record["fields"], "dataset.annotations": annotations}
+    write_provenance(folder, {"hash": fields_hash(fields), "fields": fields})
+
+
+def _stage_records_provenance(monkeypatch, started: list) -> None:
+    """The caption stage replaced by its provenance step (what ``caption_items`` does first):
+    no model loads."""
+    from fuse_repro.provenance import path_roots
+    from fuse_repro.stages import caption as caption_stage
+
+    def record_only(cfg, out_dir):
+        started.append(record_provenance(out_dir, results_fields(cfg), cfg.resume,
+                                         path_roots(cfg)))
+        return {}
+
+    monkeypatch.setattr(caption_stage, "run", record_only)
+
+
+def test_a_legacy_folder_whose_recorded_file_still_matches_resumes(env, capsys, monkeypatch):
+    """The record names the annotation file by a masked path (``<paths.data_dir>/...``): that
+    path still holds the same data, so a plain resume goes on, and the record is rewritten in
+    today's form (by content, no longer mixed with anything)."""
+    data = env["root"] / "data"
+    data.mkdir()
+    demo = data / "demo.json"
+    demo.write_bytes((REPO / "fuse_repro" / "resources" / "demo_text_targets.json").read_bytes())
+    monkeypatch.setenv("FUSE_DATA_DIR", str(data))
+    folder = env["root"] / "run"
+    _interrupted_caption_folder(folder, capsys, monkeypatch, f"dataset.annotations={demo}")
+    _as_legacy_record(folder, "<paths.data_dir>/demo.json")
+    started: list = []
+    _stage_records_provenance(monkeypatch, started)
+    code, _, err = run_entry(["stage=caption", f"dataset.annotations={demo}", "logger=none",
+                              f"hydra.run.dir={folder}"], capsys, monkeypatch)
+    assert code == 0 and started == [None], err  # accepted; new lines carry no config hash
+    record = json.loads((folder / "captions_config.json").read_text())
+    assert record["fields"]["dataset.annotations"].startswith("sha256:")
+    assert "mixed" not in record and "config_hash" not in (folder / "captions.jsonl").read_text()
+
+
+def test_a_legacy_folder_whose_recorded_file_is_gone_says_how_to_resume(env, capsys,
+                                                                        monkeypatch):
+    """The recorded path no longer exists (a moved checkout): the data cannot be compared. One
+    line names the key, the recorded path and the fix (resume=force), every byte of the folder
+    is kept; with resume=force it resumes."""
+    old, new = env["root"] / "old" / "demo.json", env["root"] / "new" / "demo.json"
+    for copy in (old, new):
+        copy.parent.mkdir()
+        copy.write_bytes((REPO / "fuse_repro" / "resources" / "demo_text_targets.json")
+                         .read_bytes())
+    folder = env["root"] / "run"
+    _interrupted_caption_folder(folder, capsys, monkeypatch, f"dataset.annotations={old}")
+    _as_legacy_record(folder, str(old))
+    old.unlink()
+    before = _folder_bytes(folder)
+    args = ["stage=caption", f"dataset.annotations={new}", "logger=none",
+            f"hydra.run.dir={folder}"]
+    code, out, err = run_entry(args, capsys, monkeypatch)
+    line = assert_one_line(code, out, err, "earlier version", f"dataset.annotations as the path "
+                           f"'{old}'", "no longer exists", "add resume=force")
+    assert "other settings differ" not in line or not TEXT_ASSERTIONS
+    assert _folder_bytes(folder) == before
+    started: list = []
+    _stage_records_provenance(monkeypatch, started)
+    code, _, err = run_entry([*args, "resume=force"], capsys, monkeypatch)
+    assert code == 0 and started and started[0] is not None, err  # mixed: lines carry a hash
+
+
+def test_a_folder_from_before_a_setting_existed_says_so(env, capsys, monkeypatch):
+    """A record without a key today's settings have (a folder written before it existed): the
+    refusal marks it '<unset>' and says what that means."""
+    from fuse_repro.provenance import fields_hash
+    from fuse_repro.records import write_provenance
+
+    folder = env["root"] / "run"
+    _interrupted_caption_folder(folder, capsys, monkeypatch)
+    record = json.loads((folder / "captions_config.json").read_text())
+    fields = {k: v for k, v in record["fields"].items() if k != "search.prefix_cache"}
+    write_provenance(folder, {"hash": fields_hash(fields), "fields": fields})
+    code, out, err = run_entry(["stage=caption", "logger=none", f"hydra.run.dir={folder}"],
+                               capsys, monkeypatch)
+    assert_one_line(code, out, err, "search.prefix_cache: '<unset>' -> True",
+                    "'<unset>' marks a setting the version that wrote the folder did not have",
+                    "resume=force")
+
+
+def test_a_legacy_folder_with_other_data_is_refused(env, capsys, monkeypatch):
+    """The recorded path still exists but holds other data than the file given now: refused
+    like any other setting, the two contents named by digest."""
+    demo = REPO / "fuse_repro" / "resources" / "demo_text_targets.json"
+    old, new = env["root"] / "old.json", env["root"] / "new.json"
+    old.write_bytes(demo.read_bytes())
+    new.write_text(demo.read_text().replace("a", "b", 1))
+    folder = env["root"] / "run"
+    _interrupted_caption_folder(folder, capsys, monkeypatch, f"dataset.annotations={old}")
+    _as_legacy_record(folder, str(old))
+    before = _folder_bytes(folder)
+    code, out, err = run_entry(["stage=caption", f"dataset.annotations={new}", "logger=none",
+                                f"hydra.run.dir={folder}"], capsys, monkeypatch)
+    assert_one_line(code, out, err, "other settings (dataset.annotations: 'sha256:",
+                    "-> 'sha256:", "resume=force")
+    assert _folder_bytes(folder) == before
+
+
+# --------------------------------------------------------------------------------------------
+# a run folder's saved config validates (config.validate of config_resolved.yaml read back)
+
+
+@pytest.mark.parametrize("overrides", [
+    [],
+    ["stage=caption", "model@source=tiny_gpt2", "objective=tiny_sentiment"],
+    ["experiment=paper_senticap_positive_fuse", "weights=random", "dataset=synthetic_images"],
+    ["stage=fit", "experiment=paper_coco_fuse", "weights=random", "adapter.corpus.kind=wordfreq"],
+    ["stage=fidelity", "dataset=synthetic_images", "objective=clip",
+     "model@objective.terms.clip.model=tiny_clip"],
+], ids=["default", "tiny_models", "paper_senticap_random", "paper_fit", "fidelity_clip"])
+def test_a_saved_config_validates_to_the_run_config(overrides, env, capsys, monkeypatch):
+    """``config.validate(OmegaConf.load(<run>/config_resolved.yaml))`` gives back the typed
+    config the run had (every model node typed by its backend's schema, as composition does)."""
+    import importlib
+
+    from omegaconf import OmegaConf
+
+    seen = []
+    for module in app.STAGES.values():  # every stage records its typed config, loads nothing
+        monkeypatch.setattr(importlib.import_module(module), "run",
+                            lambda cfg, out_dir: seen.append(cfg) or {})
+    folder = env["root"] / "run"
+    code, _, err = run_entry([*overrides, "logger=none", f"hydra.run.dir={folder}"], capsys,
+                             monkeypatch)
+    assert code == 0 and len(seen) == 1, err[-3000:]
+    saved = validate(OmegaConf.load(folder / "config_resolved.yaml"))
+    assert saved == seen[0]

@@ -310,7 +310,6 @@ TEXT_VARIANTS: dict[str, list[str]] = {
     "dataset.split": ["dataset.split=val"],
     "dataset.sentiment": ["dataset.sentiment=positive"],
     "dataset.target_from_references": ["dataset.target_from_references=true"],
-    "dataset.synthetic.seed": ["dataset.synthetic.seed=1"],
 }
 # Fields the text-targets dataset refuses to take (they belong to another format): varied from
 # the synthetic-images dataset instead.
@@ -320,6 +319,7 @@ SYNTHETIC_VARIANTS: dict[str, list[str]] = {
     "dataset.synthetic.num_images": ["dataset.synthetic.num_images=4"],
     "dataset.synthetic.size": ["dataset.synthetic.size=64"],
     "dataset.synthetic.shapes": ["dataset.synthetic.shapes=2"],
+    "dataset.synthetic.seed": ["dataset.synthetic.seed=1"],
 }
 
 

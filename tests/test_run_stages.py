@@ -44,7 +44,7 @@ def test_unknown_stage_exits_nonzero_listing_stages(workdir):
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "error: unknown stage='bogus'; known stages: caption, fidelity, fit, merge, pipeline, "
-        "score, table"
+        "score, table; use one of them, e.g. stage=caption"
     )
     # Refused before doing anything: the empty run folder is removed.
     assert not (workdir["root"] / "bogus").exists()

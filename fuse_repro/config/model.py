@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from omegaconf import MISSING
 
-from fuse_repro.errors import ConfigError
+from fuse_repro.errors import ConfigError, use_one_of
 
 # What a model is (fuse_repro.models.BACKENDS builds one of these), its dtypes, and where its
 # weights come from (pretrained: published; random: random init at the true architecture).
@@ -54,23 +54,27 @@ class ModelConfig:
     BACKENDS: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
-        if self.kind not in MODEL_KINDS:
-            raise ConfigError(
-                f"model {self.name!r}: kind={self.kind!r} is not one of {list(MODEL_KINDS)}"
-            )
-        if self.dtype not in MODEL_DTYPES:
-            raise ConfigError(
-                f"model {self.name!r}: dtype={self.dtype!r} is not one of {list(MODEL_DTYPES)}"
-            )
+        # the model's group (source, target, a term's model) is not known here: the fix names
+        # the key as the model's yaml writes it, and where it goes on the command line
+        for key, allowed in (("kind", MODEL_KINDS), ("dtype", MODEL_DTYPES)):
+            value = getattr(self, key)
+            if value not in allowed:
+                raise ConfigError(
+                    f"model {self.name!r}: {key}={value!r} is not one of {list(allowed)}; "
+                    f"{use_one_of(key, allowed, value)} (in conf/model/{self.name}.yaml, or "
+                    f"<source|target|objective.terms.<term>.model>.{key}=... on the command "
+                    f"line)")
         if self.weights not in WEIGHTS:
             raise ConfigError(
-                f"model {self.name!r}: weights={self.weights!r} is not one of {', '.join(WEIGHTS)}"
-            )
+                f"model {self.name!r}: weights={self.weights!r} is not one of "
+                f"{', '.join(WEIGHTS)}; {use_one_of('weights', WEIGHTS, self.weights)}")
         allowed = self.BACKENDS
         if allowed and self.backend not in allowed:
             raise ConfigError(
                 f"model {self.name!r}: backend={self.backend!r} does not match its schema "
-                f"{type(self).__name__} (backends {list(allowed)}); fix the yaml's defaults line"
+                f"{type(self).__name__} (backends {list(allowed)}); "
+                f"{use_one_of('backend', allowed, self.backend)}, or name the backend's schema "
+                f"in the yaml's defaults line"
             )
 
 
@@ -92,7 +96,8 @@ class TokenizerConfig:
         needs = TOKENIZER_NEEDS
         if self.source not in needs:
             raise ConfigError(
-                f"tokenizer.source={self.source!r} is not one of {sorted(needs)}"
+                f"tokenizer.source={self.source!r} is not one of {sorted(needs)}; "
+                f"{use_one_of('tokenizer.source', sorted(needs), self.source)}"
             )
         for key in needs[self.source]:
             if getattr(self, key) is None:

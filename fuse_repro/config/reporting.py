@@ -6,6 +6,7 @@ how defaults are single-sourced).
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 
 from omegaconf import MISSING
@@ -107,7 +108,13 @@ class TableConfig:
         if not self.roots:
             raise ConfigError("table.roots is empty: list the run/multirun folders to collect from")
         for fmt in self.formats:
-            check_choice("table.formats entry", fmt, FORMATS)
+            check_choice("table.formats", fmt, FORMATS, in_list=True)
+        for role in self.datasets:
+            if role not in DEFAULT_DATASETS:
+                known = sorted(DEFAULT_DATASETS)
+                pick = (difflib.get_close_matches(str(role), known, n=1) or known)[0]
+                raise ConfigError(f"unknown table.datasets role {role!r}; known: {known}; use "
+                                  f"one of them, e.g. table.datasets.{pick}=[<dataset names>]")
 
 
 @dataclass

@@ -26,19 +26,23 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from omegaconf import MISSING
 
 from fuse_repro.config.model import ModelConfig
-from fuse_repro.errors import ConfigError
+from fuse_repro.errors import ConfigError, use_one_of
 from fuse_repro.sentiment import SENTIMENTS
 
 
-def check_choice(name: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
-    """``ConfigError`` unless ``value`` is one of ``allowed`` (the message lists them)."""
+def check_choice(name: str, value: Any, allowed: tuple[str, ...] | list[str],
+                 in_list: bool = False) -> None:
+    """``ConfigError`` unless ``value`` is one of ``allowed``: the line lists them and says
+    which to use (``in_list``: ``value`` is an entry of the list ``name``)."""
     if value not in allowed:
-        raise ConfigError(f"{name}={value!r} is not one of {sorted(allowed)}")
+        shown = f"{name} entry" if in_list else name
+        raise ConfigError(f"{shown}={value!r} is not one of {sorted(allowed)}; "
+                          f"{use_one_of(name, allowed, value, in_list)}")
 
 
 def check_min(name: str, value: Any, low: float) -> None:
@@ -148,7 +152,19 @@ class ObjectiveConfig:
     lm_weight: float = MISSING
     terms: dict[str, TermConfig] = field(default_factory=dict)
 
+    # Keys a search's loss record and history already use beside each term's name (the LM's
+    # term, the optimized and the full totals, the step: search/step.py): a term so named
+    # would overwrite one (a term named lm, the LM's weight in the objectives' check).
+    RESERVED_TERM_NAMES: ClassVar[tuple[str, ...]] = ("lm", "objective", "step", "total")
+
     def __post_init__(self) -> None:
+        for name in self.terms:
+            if name in self.RESERVED_TERM_NAMES:
+                raise ConfigError(
+                    f"objective.terms.{name}: a term may not be named {name!r}, a name the "
+                    f"losses already use ({', '.join(self.RESERVED_TERM_NAMES)}; the LM's weight "
+                    f"is objective.lm_weight); give the term another name, e.g. "
+                    f"objective.terms.{name}_term")
         weights = {"lm_weight": self.lm_weight}
         weights.update({f"terms.{name}.weight": t.weight for name, t in self.terms.items()})
         for name, w in weights.items():
@@ -287,7 +303,8 @@ class DatasetConfig:
     require_images: bool = False
     # Each item's first reference becomes its text target (offline stand-in for an image).
     target_from_references: bool = False
-    # Read by format synthetic_images only (always present, so an override never meets null).
+    # Read by format synthetic_images only (always present, so an override never meets null);
+    # another format refuses any value but the defaults (seed included: not wired there).
     synthetic: SyntheticImagesConfig = field(default_factory=SyntheticImagesConfig)
     subset: SubsetConfig = field(default_factory=SubsetConfig)
 
@@ -300,9 +317,14 @@ class DatasetConfig:
             raise ConfigError("dataset format 'image_folder' needs dataset.image_dir")
         if self.sentiment is not None:
             check_choice("dataset.sentiment", self.sentiment, SENTIMENTS)
-        unread = dataclasses.replace(self.synthetic, seed=SyntheticImagesConfig.seed)
-        if self.format != "synthetic_images" and unread != SyntheticImagesConfig():
-            raise ConfigError(f"dataset.synthetic is read by format synthetic_images only, not "
-                              f"{self.format!r} (dataset={self.name}); remove the override")
+        default = SyntheticImagesConfig()
+        unread = [f"dataset.synthetic.{f.name}={getattr(self.synthetic, f.name)}"
+                  for f in dataclasses.fields(default)
+                  if getattr(self.synthetic, f.name) != getattr(default, f.name)]
+        if self.format != "synthetic_images" and unread:
+            raise ConfigError(f"{', '.join(unread)}: dataset.synthetic is read by format "
+                              f"synthetic_images only, not {self.format!r} "
+                              f"(dataset={self.name}); remove the override, or use "
+                              f"dataset=synthetic_images")
         if self.format == "senticap" and self.sentiment is None:
             raise ConfigError("dataset format 'senticap' needs dataset.sentiment: positive or negative")

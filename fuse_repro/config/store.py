@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import functools
 import re
+import types
 import typing
 from typing import Any, TypeVar
 
+import yaml
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from fuse_repro.config.model import MODEL_SCHEMAS, ModelConfig
 from fuse_repro.config.root import FuseConfig
-from fuse_repro.errors import ConfigError
+from fuse_repro.errors import ConfigError, use_one_of
 
 T = TypeVar("T")
 
@@ -102,7 +105,7 @@ def _check_keys(node: Any, where: str) -> None:
                 full = f"{where}.{key}" if where else str(key)
                 raise ConfigError(
                     f"unknown key {full} in config group {_group_of(where, schema)} (schema "
-                    f"{schema.__name__}); known keys: {', '.join(sorted(names))}"
+                    f"{schema.__name__}); {_known_keys_fix(full, sorted(names))}"
                 )
     for key in node:
         child = node._get_node(key)
@@ -110,12 +113,56 @@ def _check_keys(node: Any, where: str) -> None:
             _check_keys(child, f"{where}.{key}" if where else str(key))
 
 
+def _known_keys_fix(key: str, known: list[str]) -> str:
+    """The fix of an unknown key: the known key closest to it, and every known key."""
+    parent, _, leaf = str(key).rpartition(".")
+    close = difflib.get_close_matches(leaf, known, n=1)
+    use = f"use {parent + '.' if parent else ''}{close[0]}" if close else "use one of its keys"
+    return f"{use} (known keys: {', '.join(known)})"
+
+
+def _bare(hint: Any) -> Any:
+    """``X`` of ``X | None`` (``Optional[X]``); any other hint as it is."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+def _structured(schema: Any, plain: Any) -> Any:
+    """The structured node of ``schema`` for the plain mapping ``plain`` (a saved config read
+    back), with every model node typed by its backend's schema and every mapping of schemas
+    (``objective.terms``) given its entries, as composition types them (the yaml files name
+    their model schema), so that merging ``plain`` into it checks what composition checks."""
+    if dataclasses.is_dataclass(schema) and issubclass(schema, ModelConfig) \
+            and isinstance(plain, dict):
+        schema = model_schema(plain)
+    node = OmegaConf.structured(schema)
+    if not isinstance(plain, dict):
+        return node
+    hints = typing.get_type_hints(schema)
+    with open_dict(node):
+        for f in dataclasses.fields(schema):
+            value, hint = plain.get(f.name), _bare(hints[f.name])
+            if not isinstance(value, dict):
+                continue
+            if dataclasses.is_dataclass(hint):
+                node[f.name] = _structured(hint, value)
+            elif typing.get_origin(hint) is dict and dataclasses.is_dataclass(
+                    _bare(typing.get_args(hint)[1])):
+                entry = _bare(typing.get_args(hint)[1])
+                node[f.name] = {k: _structured(entry, v) for k, v in value.items()}
+    return node
+
+
 def convert(node: Any, schema: type[T] | None = None) -> T:
     """The dataclass of a config node, validated: how ``validate`` builds the typed root, and
     how a Python caller (a saved config, a benchmark, a test) builds one group.
 
     ``node`` is a group of the composed config (``cfg.search``: already typed by the root schema)
-    or a plain mapping / untyped node with ``schema`` given (a saved config, a test). Raises
+    or a plain mapping / untyped node with ``schema`` given (a saved config, a test; its model
+    nodes are typed by their backend's schema, as composition types them). Raises
     ``ConfigError`` (one line) for an unknown key, a missing required value, a wrong type or a
     value its ``__post_init__`` rejects.
     """
@@ -130,7 +177,7 @@ def convert(node: Any, schema: type[T] | None = None) -> T:
             plain = OmegaConf.to_container(node, resolve=True)
             if schema is ModelConfig:
                 schema = model_schema(plain)  # type: ignore[assignment]
-            node = OmegaConf.merge(OmegaConf.structured(schema), plain)
+            node = OmegaConf.merge(_structured(schema, plain), plain)
         _check_keys(node, where)
         result = OmegaConf.to_object(node)
     except ConfigError:
@@ -142,7 +189,7 @@ def convert(node: Any, schema: type[T] | None = None) -> T:
         known = sorted(f.name for f in dataclasses.fields(owner)) if dataclasses.is_dataclass(owner) else []
         raise ConfigError(
             f"unknown key {key} in config group {_group_of(where, schema)} (schema {name}); "
-            f"known keys: {', '.join(known)}"
+            f"{_known_keys_fix(key, known)}"
         ) from err
     except MissingMandatoryValue as err:
         key = _join(where, getattr(err, "full_key", None))
@@ -168,7 +215,9 @@ def validate(cfg: DictConfig, output_dir: str | None = None) -> FuseConfig:
     (``app.run_stage``). An unknown key anywhere
     (``+scoring.foo=1`` included), a missing value or a rejected value is one ``ConfigError``.
     Outside a Hydra run (tests, notebooks) ``paths.output_dir`` cannot resolve; give
-    ``output_dir`` to stand in for it. The ``hydra`` node, when present, is not checked.
+    ``output_dir`` to stand in for it. The ``hydra`` node, when present, is not checked. A run
+    folder's ``config_resolved.yaml`` read back (``OmegaConf.load``) validates to the run's own
+    typed config.
     """
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
@@ -186,7 +235,8 @@ def model_schema(plain: Any) -> type[ModelConfig]:
         if backend in schema.BACKENDS:
             return schema
     known = sorted(b for s in MODEL_SCHEMAS.values() for b in s.BACKENDS)
-    raise ConfigError(f"model backend={backend!r} is not one of {known}")
+    raise ConfigError(f"model backend={backend!r} is not one of {known}; "
+                      f"{use_one_of('backend', known, backend)} (the model's yaml names it)")
 
 
 def _omegaconf_message(err: OmegaConfBaseException) -> str:
@@ -224,7 +274,7 @@ def _unknown_key_line(key: str, schema_name: str, source: str) -> str:
     parent, _, leaf = key.rpartition(".")
     by_name = {cls.__name__: cls for cls in MODEL_SCHEMAS.values()}
     schema = by_name.get(schema_name) or _schema_at(parent)
-    known = f"; known keys: {', '.join(sorted(f.name for f in dataclasses.fields(schema)))}" \
+    known = f"; {_known_keys_fix(key, sorted(f.name for f in dataclasses.fields(schema)))}" \
         if schema is not None else ""
     group = _group_of(parent, schema)
     return (f"unknown key {key}{source} in config group {group} (schema {schema_name} has no "
@@ -250,9 +300,75 @@ def _quoting_line(text: str) -> str | None:
     return None
 
 
-def compose_error_line(err: BaseException) -> str:
+def _nullable_nodes() -> frozenset[str]:
+    """Names of the model fields that are a mapping or a schema, null by default (``tokenizer``,
+    ``architecture``): the command line cannot fill them (Hydra merges an override into the
+    null node, which OmegaConf cannot do), only a config file can."""
+    names = set()
+    for schema in MODEL_SCHEMAS.values():
+        hints = typing.get_type_hints(schema)
+        for f in dataclasses.fields(schema):
+            args = [a for a in typing.get_args(hints[f.name]) if a is not type(None)]
+            inner = typing.get_origin(args[0]) or args[0] if len(args) == 1 else None
+            if f.default is None and (inner is dict or dataclasses.is_dataclass(inner)):
+                names.add(f.name)
+    return frozenset(names)
+
+
+def null_node_line(key: str) -> str:
+    """One line for an override that sets a config node null by default (or a key inside it),
+    which the command line cannot do: where to set it instead."""
+    parent, _, leaf = key.rpartition(".")
+    if parent in ("source", "target") or parent.endswith(".model"):
+        fix = (f"copy the model's conf/model/<model>.yaml to conf/model/<new>.yaml, set "
+               f"'{leaf}:' there and select it with model@{parent}=<new>")
+    else:
+        fix = f"set {key} in a config file (e.g. an experiment yaml) instead"
+    return (f"{key} is null in this config, and an override cannot set a null node or a key "
+            f"inside it (Hydra cannot merge into null); {fix}")
+
+
+def _null_node_override(overrides: typing.Sequence[str]) -> str | None:
+    """The node (``target.tokenizer``) of the first override that sets a key inside a model
+    field that is null by default (``target.tokenizer.source=hf``)."""
+    nullable = _nullable_nodes()
+    for arg in overrides:
+        parts = arg.lstrip("+~").split("=", 1)[0].split(".")
+        for i, part in enumerate(parts[:-1]):
+            if part in nullable and i > 0:
+                return ".".join(parts[: i + 1])
+    return None
+
+
+def _yaml_line(err: yaml.YAMLError) -> str:
+    """One line for a config file that is not valid YAML: the file, where, what, and the fix."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = (f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark
+             else "a config file")
+    problem = " ".join(str(getattr(err, "problem", None) or err).split())
+    return f"{where}: not valid YAML ({problem}); fix that file"
+
+
+def _option_fix(line: str, options: list[str], overrides: typing.Sequence[str]) -> str:
+    """``use <group>=<option>`` for a group option Hydra could not find (``Could not find
+    'model/nope'``), keyed as the command line selected it (``model@source``)."""
+    missing = re.search(r"Could not find '([^']+)/([^'/]+)'", line)
+    if missing is None:
+        return use_one_of("<group>", options)
+    group, name = missing.groups()
+    key = next((a.split("=", 1)[0].lstrip("+~") for a in overrides
+                if "=" in a and a.split("=", 1)[1] == name
+                and a.split("=", 1)[0].lstrip("+~").split("@")[0] == group), group)
+    return use_one_of(key, options, name)
+
+
+def compose_error_line(err: BaseException, overrides: typing.Sequence[str] = ()) -> str:
     """One line for a Hydra composition error (a key its schema lacks, a wrong type, a missing
-    option): what is wrong, where, and the fix. For the entry point's ``error:`` line."""
+    option, a mapping given to a node that is null): what is wrong, where, and the fix. For the
+    entry point's ``error:`` line; ``overrides`` (the command line) name the override where the
+    error does not."""
+    if isinstance(err, yaml.YAMLError):
+        return _yaml_line(err)
     chain = []
     cur: BaseException | None = err
     while cur is not None and len(chain) < 5:
@@ -274,11 +390,19 @@ def compose_error_line(err: BaseException) -> str:
         override = texts[0].replace("Error merging override", "").strip()
         cause = texts[1].strip().splitlines()[0]
         return f"bad override {override}: {cause}"
+    full = _FULL_KEY.search(text)
+    if full and "'NoneType' object has no attribute" in text:  # a mapping merged into null
+        return null_node_line(full.group(1))
     if "Unexpected type for root: NoneType" in text:  # Hydra asserts on `a.b=1` when a is null
-        return ("an override sets a key inside a config node that is null here; set the whole "
-                "node instead (e.g. 'source.tokenizer={source: hf, name_or_path: gpt2}')")
+        node = _null_node_override(overrides)
+        if node is not None:
+            return null_node_line(node)
+        return ("an override sets a key inside a config node that is null here, which the "
+                "command line cannot do; set that node in a config file (for a model: a copy "
+                "of its conf/model/<model>.yaml, selected with model@<source|target>=<copy>)")
     lines = [line.strip() for line in texts[0].strip().splitlines() if line.strip()]
     if lines and lines[0].startswith("In '") and "Could not find" in lines[0]:
         options = [ln for ln in lines[2:] if not ln.startswith(("Config search path", "provider="))]
-        return f"{lines[0]}; available: {', '.join(options)}"
+        return f"{lines[0]}; available: {', '.join(options)}; " + _option_fix(lines[0], options,
+                                                                              overrides)
     return " ".join(lines) if lines else type(err).__name__

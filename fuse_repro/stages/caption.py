@@ -27,7 +27,7 @@ from fuse_repro.captioner import (
 from fuse_repro.config import ConfigError, FuseConfig
 from fuse_repro.corpus import check_corpus
 from fuse_repro.data import Item, load_dataset
-from fuse_repro.provenance import check_provenance, results_fields
+from fuse_repro.provenance import check_provenance, path_roots, results_fields
 from fuse_repro.records import CAPTIONS_NAME, OBJECTIVE_NAME, write_json
 from fuse_repro.runtime import resolve_device
 from fuse_repro.search import check_eval_dtype
@@ -38,13 +38,29 @@ from fuse_repro.weights_label import banner, is_random
 OPTIMIZED_METRIC = "objective"
 
 
-def dataset_items(cfg: FuseConfig) -> list[Item]:
-    """The dataset's items; a clear error when the subset leaves none."""
+# The items ``check`` read, kept for the ``run`` that follows: ``{"dataset": the typed dataset
+# config they were read for, "items": ...}``. ``app`` hands check and run the same typed config
+# object, so a run reads its dataset once (and warns about its subset once).
+_CHECKED: dict[str, Any] = {}
+
+
+def dataset_items(cfg: FuseConfig, *, keep: bool = False) -> list[Item]:
+    """The dataset's items; a clear error when the subset leaves none. With ``keep`` (``check``)
+    they are kept for the next call with the same typed config object (``run``), which takes
+    them instead of reading the files again."""
+    if _CHECKED.get("dataset") is cfg.dataset:
+        items = _CHECKED["items"]
+        if not keep:
+            _CHECKED.clear()
+        return list(items)
     items = load_dataset(cfg.dataset)
     if not items:
         raise ConfigError(f"dataset {cfg.dataset.name!r} has no items (check dataset.subset and "
                           "the annotation file)")
-    return items
+    _CHECKED.clear()
+    if keep:
+        _CHECKED.update(dataset=cfg.dataset, items=items)
+    return list(items)
 
 
 def check(cfg: FuseConfig, methods: tuple[str, ...] = ()) -> None:
@@ -54,14 +70,14 @@ def check(cfg: FuseConfig, methods: tuple[str, ...] = ()) -> None:
     check_corpus(cfg.adapter.corpus, random_weights=is_random(cfg))
     check_search(cfg.search, methods)
     check_eval_dtype(cfg.search.eval_dtype, resolve_device(cfg.device))
-    check_objective_fits_dataset(cfg.objective, dataset_items(cfg), cfg.dataset.name)
+    check_objective_fits_dataset(cfg.objective, dataset_items(cfg, keep=True), cfg.dataset.name)
     check_models_available(cfg.source, cfg.objective)
 
 
 def check_folder(cfg: FuseConfig, out_dir: Path) -> None:
     """Refuse a resume into a folder holding captions made with other settings, before the run
     writes anything into it (``app.check_run``)."""
-    check_provenance(out_dir, results_fields(cfg), cfg.resume)
+    check_provenance(out_dir, results_fields(cfg), cfg.resume, path_roots(cfg))
 
 
 def run(cfg: FuseConfig, out_dir: Path) -> dict[str, Any]:
@@ -71,7 +87,7 @@ def run(cfg: FuseConfig, out_dir: Path) -> dict[str, Any]:
                                 resolve_device(cfg.device))
     with open_tracker(cfg, out_dir, "caption", {"adapter_keys": captioner.adapter_keys}) as tracker:
         records = caption_items(items, captioner, cfg.search, cfg.seed, out_dir, tracker,
-                                fields=fields, resume=cfg.resume)
+                                fields=fields, resume=cfg.resume, roots=path_roots(cfg))
         if not records:
             raise nothing_captioned(out_dir)
         mean_total = sum(r["losses"]["total"] for r in records) / len(records)

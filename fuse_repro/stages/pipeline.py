@@ -27,7 +27,7 @@ from fuse_repro.captioner import (
 )
 from fuse_repro.config import FuseConfig, run_config_hash
 from fuse_repro.plots import plot_search_curves
-from fuse_repro.provenance import check_provenance, results_fields
+from fuse_repro.provenance import check_provenance, path_roots, results_fields
 from fuse_repro.records import CAPTIONS_NAME, OBJECTIVE_NAME, write_json, write_run_info
 from fuse_repro.runtime import resolve_device
 from fuse_repro.scoring import score_captions_file
@@ -50,7 +50,8 @@ def check_folder(cfg: FuseConfig, out_dir: Path) -> None:
     """Refuse a resume whose method folders hold captions made with other settings, before the
     run writes anything (``app.check_run``)."""
     for method in cfg.pipeline.methods:
-        check_provenance(out_dir / method, results_fields(cfg, method=method), cfg.resume)
+        check_provenance(out_dir / method, results_fields(cfg, method=method), cfg.resume,
+                         path_roots(cfg))
 
 
 def run_method(cfg: FuseConfig, method: str, items: list[Any], captioner: Captioner,
@@ -60,7 +61,8 @@ def run_method(cfg: FuseConfig, method: str, items: list[Any], captioner: Captio
     method_dir = out_dir / method
     records = caption_items(items, captioner, dataclasses.replace(cfg.search, method=method),
                             cfg.seed, method_dir, tracker, desc=method,
-                            fields=results_fields(cfg, method=method), resume=cfg.resume)
+                            fields=results_fields(cfg, method=method), resume=cfg.resume,
+                            roots=path_roots(cfg))
     if not records:
         raise nothing_captioned(method_dir, label=f"{method}: ")
     captioned = {r["id"] for r in records}
