@@ -327,9 +327,16 @@ def build_objective(kind: str, model: SecondaryModel, bridge: Bridge, weight: fl
 
 
 def check_weights(lm_weight: float, weights: dict[str, float]) -> None:
-    """Weights must be finite and non-negative, and at least one must be positive."""
+    """Weights must be finite and non-negative, at least one positive, and no term may take a
+    name the losses use (``ObjectiveConfig.RESERVED_TERM_NAMES``)."""
     import math
 
+    from fuse_repro.config.schemas import ObjectiveConfig
+
+    reserved = sorted(set(weights) & set(ObjectiveConfig.RESERVED_TERM_NAMES))
+    if reserved:  # "lm" would replace the LM's own weight below (the schema refuses it first)
+        raise ObjectiveError(f"objective term {reserved[0]!r} takes a name the losses already use "
+                             f"({', '.join(ObjectiveConfig.RESERVED_TERM_NAMES)}); rename the term")
     everything = {"lm": lm_weight, **weights}
     for name, w in everything.items():
         if not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:

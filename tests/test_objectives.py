@@ -232,6 +232,8 @@ def test_objective_options_and_build():
     (1.0, {"a": 0.0}, True), (0.0, {"a": 2.0}, True), (0, {"a": 1}, True),
     (0.0, {"a": 0.0}, False), (-1.0, {"a": 2.0}, False), (1.0, {"a": -0.5}, False),
     (1.0, {"a": math.nan}, False), (1.0, {"a": math.inf}, False), (1.0, {"a": "2"}, False),
+    # a term named lm would silently replace the LM's weight (0.0 here: the check would pass)
+    (0.0, {"lm": 1.0}, False), (1.0, {"a": 1.0, "total": 1.0}, False),
 ])
 def test_check_weights(lm, weights, ok):
     if ok:
