@@ -730,12 +730,12 @@ def test_an_empty_path_root_masks_nothing():
     empty string) for itself in the recorded, masked config."""
     from fuse_repro.config.hashing import masked_groups
 
-    typed = validate(with_values(**{"paths.data_dir": "", "dataset.image_dir": "/elsewhere/images"}),
-                     output_dir="/tmp/fuse-run")
+    values = {"paths.data_dir": "", "dataset.image_dir": "/elsewhere/images"}
+    typed = validate(with_values(**values), output_dir="/tmp/fuse-run")
     masked = masked_groups(typed, ("dataset",))
     assert masked["dataset"]["image_dir"] == "/elsewhere/images"
-    typed = validate(with_values(**{"paths.data_dir": "/data", "dataset.image_dir": "/data/images"}),
-                     output_dir="/tmp/fuse-run")
+    values = {"paths.data_dir": "/data", "dataset.image_dir": "/data/images"}
+    typed = validate(with_values(**values), output_dir="/tmp/fuse-run")
     assert masked_groups(typed, ("dataset",))["dataset"]["image_dir"] == "<paths.data_dir>/images"
 
 
