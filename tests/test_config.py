@@ -36,15 +36,21 @@ from fuse_repro.config import (
     PipelineConfig,
     ScoringConfig,
     SearchConfig,
+    SentimentScoringConfig,
     SubsetConfig,
+    SyntheticImagesConfig,
     TableConfig,
     TermConfig,
     compose_error_line,
     convert,
+    git_commit,
+    register_resolvers,
     run_config_hash,
     validate,
 )
+from fuse_repro.config.root import SEED_MAX
 from fuse_repro.config.store import _schema_at
+from tests.helpers import TEXT_ASSERTIONS
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -299,8 +305,9 @@ def test_unknown_key_fails_at_compose_naming_key_and_group(path, group, schema):
         compose_cfg([f"{path}.bogus_key=1"])
     line = compose_error_line(err.value)
     assert "\n" not in line
-    assert f"unknown key {path}.bogus_key" in line and f"config group {group}" in line
-    assert schema in line
+    if TEXT_ASSERTIONS:
+        assert f"unknown key {path}.bogus_key" in line and f"config group {group}" in line
+        assert schema in line
 
 
 @pytest.mark.parametrize(("path", "group", "schema"), NODES, ids=[n[0] for n in NODES])
@@ -310,8 +317,9 @@ def test_unknown_key_added_with_plus_fails_at_conversion(path, group, schema):
         to_schema(with_extra_key(path))
     message = str(err.value)
     assert "\n" not in message
-    assert f"unknown key {path}.bogus_key in config group {group} (schema {schema})" in message
-    assert "known keys:" in message
+    if TEXT_ASSERTIONS:
+        assert f"unknown key {path}.bogus_key in config group {group} (schema {schema})" in message
+        assert "known keys:" in message
 
 
 def _conf_with(tmp_path: Path, relative: str, line: str) -> Path:
@@ -327,13 +335,16 @@ def test_unknown_key_in_a_yaml_file_fails_at_compose(tmp_path):
     with pytest.raises(Exception) as err:
         compose_cfg(["search=paper"], conf=conf)
     line = compose_error_line(err.value)
-    assert "unknown key search.beam_widht (in conf/search/paper.yaml) in config group search" in line
+    if TEXT_ASSERTIONS:
+        assert ("unknown key search.beam_widht (in conf/search/paper.yaml) in config group search"
+                in line)
     conf = _conf_with(tmp_path / "b", "model/minilm_l6.yaml", "pooling: mean\n")
     with pytest.raises(Exception) as err:
         compose_cfg([], conf=conf)
     line = compose_error_line(err.value)
-    assert "pooling" in line and "conf/model/minilm_l6.yaml" in line
-    assert "config group model (schema HFModelConfig" in line
+    if TEXT_ASSERTIONS:
+        assert "pooling" in line and "conf/model/minilm_l6.yaml" in line
+        assert "config group model (schema HFModelConfig" in line
 
 
 def test_plain_mappings_convert_with_a_schema():
@@ -424,6 +435,7 @@ def test_search_registry_names_fail_in_the_stage_check(override, match):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.pins_message
 def test_wrong_type_fails_at_compose():
     with pytest.raises(Exception) as err:
         compose_cfg(["search.top_k=many"])
@@ -432,6 +444,7 @@ def test_wrong_type_fails_at_compose():
         "Integer")
 
 
+@pytest.mark.pins_message
 def test_unknown_option_lists_the_available_ones():
     with pytest.raises(Exception) as err:
         compose_cfg(["search=greedy"])
@@ -445,6 +458,7 @@ def test_unknown_option_lists_the_available_ones():
     assert "schema" not in line  # the model schemas live in their own group, not among options
 
 
+@pytest.mark.pins_message
 def test_override_inside_a_null_node_gets_a_line_too():
     # Hydra raises a bare AssertionError here; the line says what to do instead (the command
     # line names the node; without it the line says where such a node is set).
@@ -627,3 +641,137 @@ def test_run_hash_is_stable_across_compositions():
     a, b = compose_cfg(["search.top_k=7"]), compose_cfg(["search.top_k=7"])
     assert _run_hash(a) == _run_hash(b)
     assert len(_run_hash(a)) == 16
+
+
+# --------------------------------------------------------------------------------------------
+# survivors of bin/mutation's config target (issue 18)
+
+# Every lower bound a schema checks, with its smallest allowed value: (schema, field, low).
+LOWER_BOUNDS = [
+    (CorpusConfig, "max_words", 1),
+    (AdapterConfig, "max_tokens", 1),
+    (AdapterConfig, "min_bucket_words", 0),
+    (AdapterConfig, "words_per_bucket", 1),
+    (AdapterConfig, "heldout_words", 0),
+    *[(SearchConfig, key, 1) for key in
+      ("steps", "top_k", "beam_width", "eval_chunk", "pool_factor", "items_per_step")],
+    (SearchConfig, "min_steps", 0),
+    (SentimentScoringConfig, "batch_size", 1),
+    (SentimentScoringConfig, "max_length", 1),
+    (SyntheticImagesConfig, "num_images", 1),
+    (SyntheticImagesConfig, "size", 8),
+    (SyntheticImagesConfig, "shapes", 1),
+]
+
+
+@pytest.mark.parametrize(("schema", "key", "low"), LOWER_BOUNDS,
+                         ids=[f"{s.__name__}.{k}" for s, k, _ in LOWER_BOUNDS])
+def test_each_lower_bound_is_inclusive(schema, key, low):
+    """The smallest allowed value converts (from a plain mapping, as a saved config does); one
+    less is a ConfigError."""
+    assert getattr(convert({key: low}, schema), key) == low
+    with pytest.raises(ConfigError):
+        convert({key: low - 1}, schema)
+
+
+@pytest.mark.parametrize(("key", "low", "high"), [("threads", 1, None), ("seed", 0, SEED_MAX)])
+def test_root_bounds_are_inclusive(key, low, high):
+    assert getattr(to_schema(with_values(**{key: low})), key) == low
+    with pytest.raises(ConfigError):
+        to_schema(with_values(**{key: low - 1}))
+    if high is not None:
+        assert getattr(to_schema(with_values(**{key: high})), key) == high
+        with pytest.raises(ConfigError):
+            to_schema(with_values(**{key: high + 1}))
+
+
+def test_fractional_and_zero_objective_weights_are_allowed():
+    typed = to_schema(with_values(**{"objective.lm_weight": 0.25,
+                                     "objective.terms.text_similarity.weight": 0.0}))
+    assert typed.objective.lm_weight == 0.25
+    assert typed.objective.terms["text_similarity"].weight == 0.0
+    with pytest.raises(ConfigError):
+        to_schema(with_values(**{"objective.lm_weight": -0.25}))
+
+
+@pytest.mark.parametrize("count", [None, 0])
+def test_shard_without_a_positive_count_is_a_config_error(count):
+    # index 0 is in range for any count >= 1, so only the count check can refuse it
+    with pytest.raises(ConfigError):
+        SubsetConfig(mode="shard", index=0, count=count)
+    assert SubsetConfig(mode="shard", index=0, count=1).count == 1
+
+
+def test_a_wrong_type_in_a_plain_mapping_is_one_config_error_line():
+    # OmegaConf's own validation error, turned into one line naming the key
+    with pytest.raises(ConfigError) as err:
+        convert({"steps": "many"}, SearchConfig)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        convert({"subset": {"n": "two"}}, DatasetConfig)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.xfail(raises=ConfigError, strict=True, reason=(
+    "known gap: convert() gives the model nodes of a plain saved config the base ModelConfig, "
+    "so backend keys (minilm_l6's wheel) are unknown keys; tables._hydra_labels then falls "
+    "back to an unmasked hash"))
+def test_a_saved_config_validates_to_the_same_typed_root(tmp_path):
+    """validate() takes a config read back from config_resolved.yaml (a plain node, no schema
+    attached) as well as the composed one, and gives the same FuseConfig."""
+    cfg = compose_cfg(["search.top_k=7"])
+    saved = tmp_path / "config_resolved.yaml"
+    saved.write_text(OmegaConf.to_yaml(cfg, resolve=False), encoding="utf-8")
+    plain = OmegaConf.load(saved)
+    assert OmegaConf.get_type(plain) is dict
+    typed = validate(plain, output_dir="/tmp/fuse-run")
+    assert isinstance(typed, FuseConfig)
+    assert typed == validate(cfg, output_dir="/tmp/fuse-run")
+
+
+def test_an_empty_path_root_masks_nothing():
+    """A paths entry set to "" is not a root: it must not claim every absolute path (nor the
+    empty string) for itself in the recorded, masked config."""
+    from fuse_repro.config.hashing import masked_groups
+
+    values = {"paths.data_dir": "", "dataset.image_dir": "/elsewhere/images"}
+    typed = validate(with_values(**values), output_dir="/tmp/fuse-run")
+    masked = masked_groups(typed, ("dataset",))
+    assert masked["dataset"]["image_dir"] == "/elsewhere/images"
+    values = {"paths.data_dir": "/data", "dataset.image_dir": "/data/images"}
+    typed = validate(with_values(**values), output_dir="/tmp/fuse-run")
+    assert masked_groups(typed, ("dataset",))["dataset"]["image_dir"] == "<paths.data_dir>/images"
+
+
+def test_git_commit_is_the_checkouts_head(tmp_path, monkeypatch):
+    import subprocess
+
+    from fuse_repro.config import hashing
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+
+    git("init", "-q")
+    (tmp_path / "f").write_text("x")
+    git("add", "f")
+    git("commit", "-q", "-m", "one")
+    head = git("rev-parse", "HEAD").strip()
+    monkeypatch.setattr(hashing, "REPO_ROOT", tmp_path)
+    assert git_commit() == head
+    monkeypatch.setattr(hashing, "REPO_ROOT", tmp_path / "not-a-checkout")
+    (tmp_path / "not-a-checkout").mkdir()
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    assert git_commit() == "unknown"
+
+
+def test_register_resolvers_registers_working_resolvers():
+    from fuse_repro.config.hashing import _fuse_root
+
+    OmegaConf.clear_resolver("fuse_root")
+    try:
+        register_resolvers()
+        assert OmegaConf.create({"root": "${fuse_root:}"}).root == _fuse_root()
+    finally:
+        if not OmegaConf.has_resolver("fuse_root"):
+            OmegaConf.register_new_resolver("fuse_root", _fuse_root)

@@ -688,9 +688,12 @@ def test_beam_width_above_top_k_warns_once(env, capsys, monkeypatch):
     assert code == 0, err
     warned = [ln for ln in (out + err).splitlines() if "search.beam_width=5 is larger than "
               "search.top_k=2" in ln]
-    assert len(warned) == 1 and "raise search.top_k" in warned[0], out + err
+    assert len(warned) == 1, out + err
+    if TEXT_ASSERTIONS:
+        assert "raise search.top_k" in warned[0], out + err
 
 
+@pytest.mark.pins_message
 def test_table_with_no_runs_says_how_to_get_rows(env, capsys, monkeypatch):
     empty = env["root"] / "nothing here"
     empty.mkdir()
