@@ -712,10 +712,6 @@ def test_a_wrong_type_in_a_plain_mapping_is_one_config_error_line():
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.xfail(raises=ConfigError, strict=True, reason=(
-    "known gap: convert() gives the model nodes of a plain saved config the base ModelConfig, "
-    "so backend keys (minilm_l6's wheel) are unknown keys; tables._hydra_labels then falls "
-    "back to an unmasked hash"))
 def test_a_saved_config_validates_to_the_same_typed_root(tmp_path):
     """validate() takes a config read back from config_resolved.yaml (a plain node, no schema
     attached) as well as the composed one, and gives the same FuseConfig."""
