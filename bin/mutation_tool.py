@@ -12,8 +12,12 @@ Mutants are split in two classes by where the planted change sits in the mutated
   or ``Warning``), a logging call (``log.* / logger.* / logging.*``), ``warnings.warn``,
   ``print`` or an ``assert``'s message, or an argument of a call to a function of the same
   module whose parameter is read only in such places (``_vector(values, "true loss")``), or the
-  value of a local variable read only in such places (``fix = "..."``). A test that pins the
-  text kills them by construction, so they are counted apart and not run;
+  value of a local variable read only in such places (``fix = "..."``), or anywhere inside a
+  **message function**: one whose every use in the package is a call that sits in such a place,
+  or in such a local's value, or inside another message function (``compose_error_line`` and its
+  helpers: their whole result is the text after ``error:``), and that assigns no attribute or
+  item and declares nothing global. A test that pins the text kills them by construction, so
+  they are counted apart and not run;
 - **logic** mutants are everything else. They are run with message matching switched off
   (``FUSE_MUTATION_LOGIC=1``, see ``tests/conftest.py``): ``pytest.raises(match=...)`` checks
   the exception type only, ``assert_one_line`` checks exit code and shape but not its needles,
@@ -151,9 +155,118 @@ def _message_argument(path: list, funcs: dict[str, ast.FunctionDef]) -> bool:
     return False
 
 
-def classify(mutants_file: Path, others: dict[str, ast.FunctionDef] | None = None) -> dict[str, str]:
+def _plain_name(name: str) -> str:
+    """A function's own name from mutmut's mangled one (``x_f__mutmut_orig`` -> ``f``,
+    ``xǁCǁm__mutmut_orig`` -> ``m``)."""
+    name = name.removesuffix("__mutmut_orig")
+    if name.startswith("xǁ"):
+        return name.rsplit("ǁ", 1)[-1]
+    return name[2:] if name.startswith("x_") else name
+
+
+def _without_side_effects(func: ast.AST) -> bool:
+    """No attribute or item assignment and no ``global``/``nonlocal`` in ``func``: its only
+    effect is what it returns."""
+    for n in ast.walk(func):
+        if isinstance(n, (ast.Global, ast.Nonlocal)):
+            return False
+        targets = (n.targets if isinstance(n, ast.Assign)
+                   else [n.target] if isinstance(n, (ast.AugAssign, ast.AnnAssign)) else [])
+        if any(isinstance(t, (ast.Attribute, ast.Subscript)) for t in targets):
+            return False
+    return True
+
+
+def _read_only_in_messages(name: str, func: ast.AST) -> bool:
+    loads = [n for n in ast.walk(func) if isinstance(n, ast.Name) and n.id == name
+             and isinstance(n.ctx, ast.Load)]
+    return bool(loads) and all(_in_message(n, func) for n in loads)
+
+
+def message_functions(folder: Path) -> set[str]:
+    """Plain names of the mutated files' functions whose result only ever reaches messages
+    (module docstring), found over every ``.py`` of the scratch copy's package (``mutants/``):
+    the originals of mutated functions and every function of the files left as they are."""
+    units: list[ast.AST] = []  # the code whose calls count: functions and module bodies
+    candidates: dict[str, ast.AST] = {}
+    for src in sorted((folder / "mutants").rglob("*.py")):
+        if "tests" in src.relative_to(folder / "mutants").parts:
+            continue  # the package's own uses, not the tests'
+        tree = ast.parse(src.read_text(encoding="utf-8"))
+        mutated = src.with_name(src.name + ".meta").exists()
+        body = [n for n in tree.body if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                                             ast.ClassDef))]
+        units.append(ast.Module(body=body, type_ignores=[]))
+        for n in ast.walk(tree):
+            if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            if mutated and "__mutmut_" in n.name and not n.name.endswith("__mutmut_orig"):
+                continue  # a mutant's body, not the code as written
+            if mutated and n.name.endswith("__mutmut_orig"):
+                candidates[_plain_name(n.name)] = n
+            if not (mutated and "__mutmut_" not in n.name and any(
+                    isinstance(c, ast.Name) and "__mutmut_" in c.id for c in ast.walk(n))):
+                units.append(n)  # (a trampoline only forwards to the mutants)
+    found: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for name, func in candidates.items():
+            if name in found or not _without_side_effects(func):
+                continue
+            uses, ok = 0, True
+            for unit in units:
+                enclosing = _plain_name(getattr(unit, "name", ""))
+                for n in ast.walk(unit):
+                    ref = (n.id if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+                           else n.attr if isinstance(n, ast.Attribute) else None)
+                    if ref != name or unit is func:
+                        continue
+                    uses += 1
+                    if enclosing in found and enclosing != name:
+                        continue
+                    if not _call_in_message(n, unit):
+                        ok = False
+                        break
+                if not ok:
+                    break
+            if ok and uses:
+                found.add(name)
+                changed = True
+    return found
+
+
+def _call_in_message(ref: ast.AST, unit: ast.AST) -> bool:
+    """Is the name ``ref`` called, and does the call sit in a message context of ``unit`` or in
+    the value of a local read only in message contexts?"""
+    parents: dict[ast.AST, tuple[ast.AST, str]] = {}
+    for parent in ast.walk(unit):
+        for field, value in ast.iter_fields(parent):
+            for child in value if isinstance(value, list) else [value]:
+                if isinstance(child, ast.AST):
+                    parents[child] = (parent, field)
+    call, field = parents.get(ref, (None, None))
+    if not (isinstance(call, ast.Call) and field == "func"):
+        return False  # passed around as a value: its result may go anywhere
+    if _in_message(call, unit):
+        return True
+    node = call
+    while node in parents:
+        parent, field = parents[node]
+        if (isinstance(parent, ast.Assign) and field == "value" and len(parent.targets) == 1
+                and isinstance(parent.targets[0], ast.Name)):
+            return _read_only_in_messages(parent.targets[0].id, unit)
+        if isinstance(parent, ast.stmt):
+            return False
+        node = parent
+    return False
+
+
+def classify(mutants_file: Path, others: dict[str, ast.FunctionDef] | None = None,
+             messages: set[str] | None = None) -> dict[str, str]:
     """``{mutant function name: "message" | "logic"}`` for one mutated source file; ``others``:
-    the original functions of the target's other files (a helper imported from a sibling)."""
+    the original functions of the target's other files (a helper imported from a sibling);
+    ``messages``: the plain names of the message functions (``message_functions``)."""
     tree = ast.parse(mutants_file.read_text(encoding="utf-8"))
     funcs = {n.name: n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
     funcs = {**(others or {}), **funcs}
@@ -162,6 +275,9 @@ def classify(mutants_file: Path, others: dict[str, ast.FunctionDef] | None = Non
         if "__mutmut_" not in name or name.endswith("__mutmut_orig"):
             continue
         orig = funcs.get(name.rsplit("__mutmut_", 1)[0] + "__mutmut_orig")
+        if _plain_name(name.rsplit("__mutmut_", 1)[0]) in (messages or set()):
+            out[name] = "message"
+            continue
         if orig is None:
             out[name] = "logic"
             continue
@@ -193,9 +309,10 @@ def _split(folder: Path, globs: list[str]) -> tuple[list[str], list[str]]:
         for n in ast.walk(ast.parse(src.read_text(encoding="utf-8"))):
             if isinstance(n, ast.FunctionDef) and n.name.endswith("__mutmut_orig"):
                 originals[n.name] = n
+    messages = message_functions(folder)
     for src in sources:  # mutants/fuse_repro/x.py
         module = ".".join(src.relative_to(folder / "mutants").with_suffix("").parts)
-        for func, kind in classify(src, originals).items():
+        for func, kind in classify(src, originals, messages).items():
             kinds[f"{module}.{func}"] = kind
     names = sorted(k for k in _meta_results(folder) if any(fnmatch.fnmatch(k, g) for g in globs))
     missing = [n for n in names if n not in kinds]
