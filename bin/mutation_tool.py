@@ -109,15 +109,30 @@ def _in_message(node: ast.AST, func: ast.AST) -> bool:
 
 
 def message_params(func: ast.FunctionDef) -> set[str]:
-    """Parameters of ``func`` read only inside message contexts (a name used in error text)."""
+    """Parameters of ``func`` read only inside message contexts (a name used in error text),
+    directly or through a local read only there (``shown = f"{name} entry"``)."""
     names = [a.arg for a in func.args.posonlyargs + func.args.args + func.args.kwonlyargs]
     out = set()
     for name in names:
         loads = [n for n in ast.walk(func) if isinstance(n, ast.Name) and n.id == name
                  and isinstance(n.ctx, ast.Load)]
-        if loads and all(_in_message(n, func) for n in loads):
+        if loads and all(_in_message(n, func) or _in_message_local(n, func) for n in loads):
             out.add(name)
     return out
+
+
+def _in_message_local(node: ast.AST, func: ast.AST) -> bool:
+    """Is ``node`` inside the value of ``local = ...`` where ``local`` is read only inside
+    message contexts of ``func``?"""
+    for stmt in ast.walk(func):
+        if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+                and isinstance(stmt.targets[0], ast.Name)
+                and any(n is node for n in ast.walk(stmt.value))):
+            name = stmt.targets[0].id
+            loads = [n for n in ast.walk(func) if isinstance(n, ast.Name) and n.id == name
+                     and isinstance(n.ctx, ast.Load)]
+            return bool(loads) and all(_in_message(n, func) for n in loads)
+    return False
 
 
 def _message_local(path: list, func: ast.AST) -> bool:

@@ -79,3 +79,16 @@ def test_classify_marks_every_mutant_of_a_message_function(tmp_path):
     assert kinds["x_line__mutmut_1"] == "message"
     assert tool.classify(folder / "mutants" / "pkg" / "a.py", None, set())["x_line__mutmut_1"] \
         == "logic"  # a returned f-string is not a message context by itself
+
+
+def test_a_parameter_read_only_through_a_message_local_is_message_text():
+    import ast
+
+    func = ast.parse(
+        "def check(name, value, allowed, in_list=False):\n"
+        "    if value not in allowed:\n"
+        "        shown = f'{name} entry' if in_list else name\n"
+        "        raise ValueError(f'{shown}={value!r}')\n"
+        "    return value\n").body[0]
+    # value and allowed decide; in_list, like name, only shapes the text
+    assert tool.message_params(func) == {"name", "in_list"}
