@@ -92,14 +92,20 @@ def _change_path(a: ast.AST, b: ast.AST, path: list) -> list | None:
     return None
 
 
-def _in_message(node: ast.AST, func: ast.AST) -> bool:
-    """Is ``node`` (inside ``func``) within a message context?"""
+def _parents(tree: ast.AST) -> dict[ast.AST, tuple[ast.AST, str]]:
+    """Every node of ``tree`` -> (its parent, the parent's field that holds it)."""
     parents: dict[ast.AST, tuple[ast.AST, str]] = {}
-    for parent in ast.walk(func):
+    for parent in ast.walk(tree):
         for field, value in ast.iter_fields(parent):
             for child in value if isinstance(value, list) else [value]:
                 if isinstance(child, ast.AST):
                     parents[child] = (parent, field)
+    return parents
+
+
+def _in_message(node: ast.AST, func: ast.AST) -> bool:
+    """Is ``node`` (inside ``func``) within a message context?"""
+    parents = _parents(func)
     while node in parents:
         parent, field = parents[node]
         if _is_message_context(parent, field):
@@ -254,12 +260,7 @@ def message_functions(folder: Path) -> set[str]:
 def _call_in_message(ref: ast.AST, unit: ast.AST) -> bool:
     """Is the name ``ref`` called, and does the call sit in a message context of ``unit`` or in
     the value of a local read only in message contexts?"""
-    parents: dict[ast.AST, tuple[ast.AST, str]] = {}
-    for parent in ast.walk(unit):
-        for field, value in ast.iter_fields(parent):
-            for child in value if isinstance(value, list) else [value]:
-                if isinstance(child, ast.AST):
-                    parents[child] = (parent, field)
+    parents = _parents(unit)
     call, field = parents.get(ref, (None, None))
     if not (isinstance(call, ast.Call) and field == "func"):
         return False  # passed around as a value: its result may go anywhere
