@@ -196,7 +196,7 @@ def _hf_random(cfg: Any, cache_dir: Path, device: str | torch.device, kind: str)
         config = hf_load(cfg, transformers.AutoConfig.from_pretrained, folder)
     tokenizer_cfg = cfg_get(cfg, "tokenizer", None)
     if tokenizer_cfg is not None:
-        tokenizer = load_tokenizer(tokenizer_cfg, cache_dir)
+        tokenizer = load_tokenizer(tokenizer_cfg, cache_dir, str(cfg_get(cfg, "name")))
     elif folder is not None:
         tokenizer = hf_tokenizer(cfg, folder)
     else:

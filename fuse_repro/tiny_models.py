@@ -27,7 +27,7 @@ def tiny_gpt2(cfg: Any, cache_dir: Path, device: str | torch.device) -> TextMode
     """A random GPT-2 (``n_embd``, ``n_layer``, ``n_head``, ``n_positions``) on a real tokenizer."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    tokenizer = load_tokenizer(cfg_get(cfg, "tokenizer"), cache_dir)
+    tokenizer = load_tokenizer(cfg_get(cfg, "tokenizer"), cache_dir, str(cfg_get(cfg, "name")))
     hf = tokenizer.hf  # type: ignore[attr-defined]
     config = GPT2Config(
         vocab_size=tokenizer.vocab_size,
@@ -52,7 +52,7 @@ def tiny_roberta(cfg: Any, cache_dir: Path, device: str | torch.device) -> TextM
     """A random RoBERTa sequence classifier with the configured ``labels``."""
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
-    tokenizer = load_tokenizer(cfg_get(cfg, "tokenizer"), cache_dir)
+    tokenizer = load_tokenizer(cfg_get(cfg, "tokenizer"), cache_dir, str(cfg_get(cfg, "name")))
     labels = [str(x) for x in cfg_get(cfg, "labels")]
     max_length = int(cfg_get(cfg, "max_length"))
     hidden = int(cfg_get(cfg, "hidden_size"))
@@ -86,7 +86,7 @@ def tiny_clip(cfg: Any, cache_dir: Path, device: str | torch.device) -> TextMode
     import open_clip
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-    tokenizer = load_tokenizer(cfg_get(cfg, "tokenizer"), cache_dir)
+    tokenizer = load_tokenizer(cfg_get(cfg, "tokenizer"), cache_dir, str(cfg_get(cfg, "name")))
     assert isinstance(tokenizer, OpenClipTokenizer), "tiny_clip needs open_clip's tokenizer"
     image_size = int(cfg_get(cfg, "image_size"))
     vision_cfg = {

