@@ -45,11 +45,7 @@ from fuse_repro.records import (
     read_jsonl,
 )
 from fuse_repro.search import (
-    EVAL_DTYPES,
-    LM_TERMS,
-    RETURNED,
     SEARCH_METHODS,
-    SLOT_INITS,
     check_conventions,
     encode_prefix,
     search_items,
@@ -94,9 +90,6 @@ def check_search(search: SearchConfig, methods: Sequence[str] = ()) -> None:
     check_choice("search.method", search.method, tuple(SEARCH_METHODS))
     for name in methods:
         check_choice("pipeline.methods", name, tuple(SEARCH_METHODS), in_list=True)
-    for key, allowed in (("slot_init", tuple(SLOT_INITS)), ("lm_term", LM_TERMS),
-                         ("returned", RETURNED), ("eval_dtype", EVAL_DTYPES)):
-        check_choice(f"search.{key}", getattr(search, key), allowed)  # the line says the fix
     check_conventions(search)
     if search.beam_width > search.top_k:
         log.warning("search.beam_width=%d is larger than search.top_k=%d: the first step proposes "

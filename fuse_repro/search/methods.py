@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from fuse_repro.errors import ConfigError
+from fuse_repro.errors import ConfigError, use_one_of
 
 if TYPE_CHECKING:
     from fuse_repro.config import SearchConfig
@@ -125,9 +125,10 @@ def check_eval_dtype(eval_dtype: str, device: Any) -> None:
 
 
 def check_conventions(cfg: SearchConfig) -> None:
-    """One clear line for a convention value that does not exist."""
+    """One clear line for a convention value that does not exist, saying which to use."""
     for key, allowed in (("slot_init", tuple(SLOT_INITS)), ("lm_term", LM_TERMS), ("returned", RETURNED),
                          ("eval_dtype", EVAL_DTYPES)):
         value = getattr(cfg, key)
         if value not in allowed:
-            raise ConfigError(f"search.{key}={value!r} is not one of {list(allowed)}")
+            raise ConfigError(f"search.{key}={value!r} is not one of {list(allowed)}; "
+                              f"{use_one_of(f'search.{key}', allowed, value)}")
