@@ -46,6 +46,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -138,7 +139,6 @@ def _control_maps(maps: dict[int, torch.Tensor], kind: str, seed: int) -> dict[i
     return out
 
 
-
 def right_pad(full_ids: list[list[int]], pad_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Target id rows right-padded to the longest: ids (B, S_j) and attention mask (B, S_j)."""
     max_len = max(len(f) for f in full_ids)
@@ -149,6 +149,7 @@ def right_pad(full_ids: list[list[int]], pad_id: int | None) -> tuple[torch.Tens
         ids_pad[b, : len(full)] = torch.tensor(full, dtype=torch.long)
         mask[b, : len(full)] = 1
     return ids_pad, mask
+
 
 class Bridge:
     """Maps primary-model embeddings to a secondary model's input embeddings.
@@ -473,30 +474,28 @@ class Bridge:
         l_j, d_j = g_j.shape
         d_i = self.source.dim
         scale = (l_j * d_j) ** -0.5
+
+        def draws() -> Iterator[torch.Tensor]:  # the word's l_i blocks in order, (l_j*d_j, d_i)
+            gen = torch.Generator(device="cpu").manual_seed(word_seed)
+            for _ in range(l_i):
+                yield (torch.randn(l_j * d_j, d_i, generator=gen) * scale).to(g_j.device, g_j.dtype)
+
         key = (word_seed, l_i, l_j, g_j.device, g_j.dtype)
-        blocks = self._overflow_cache.get(key)
+        blocks: torch.Tensor | Iterator[torch.Tensor] | None = self._overflow_cache.get(key)
         if blocks is not None:
             self._overflow_cache.move_to_end(key)
+        elif 4 * l_i * l_j * d_j * d_i * g_j.element_size() > self.overflow_cache_bytes:
+            blocks = draws()  # too large to keep: one block at a time, memory stays at one block
         else:
-            gen = torch.Generator(device="cpu").manual_seed(word_seed)
-            nbytes = l_i * l_j * d_j * d_i * g_j.element_size()
-            if 4 * nbytes > self.overflow_cache_bytes:  # too large to keep: one block at a time
-                out = torch.zeros(l_i, d_i, dtype=g_j.dtype, device=g_j.device)
-                for t in range(l_i):
-                    block = torch.randn(l_j * d_j, d_i, generator=gen) * scale  # (l_j*d_j, d_i)
-                    out[t] = g_j.reshape(-1) @ block.to(g_j.device, g_j.dtype)
-                return out
-            # the same draws in the same order as the block-by-block path: identical values
-            blocks = torch.stack([
-                (torch.randn(l_j * d_j, d_i, generator=gen) * scale).to(g_j.device, g_j.dtype)
-                for _ in range(l_i)])  # (l_i, l_j*d_j, d_i)
+            blocks = torch.stack(list(draws()))  # (l_i, l_j*d_j, d_i)
             self._overflow_cache[key] = blocks
-            self._overflow_bytes += nbytes
+            self._overflow_bytes += blocks.numel() * blocks.element_size()
             while self._overflow_bytes > self.overflow_cache_bytes:
                 _, old = self._overflow_cache.popitem(last=False)
                 self._overflow_bytes -= old.numel() * old.element_size()
-        assert blocks.shape == (l_i, l_j * d_j, d_i), tuple(blocks.shape)
+        if isinstance(blocks, torch.Tensor):
+            assert blocks.shape == (l_i, l_j * d_j, d_i), tuple(blocks.shape)
         out = torch.zeros(l_i, d_i, dtype=g_j.dtype, device=g_j.device)
-        for t in range(l_i):  # the same product per row as the uncached path
-            out[t] = g_j.reshape(-1) @ blocks[t]
+        for t, block in enumerate(blocks):  # kept or drawn, the same product per row
+            out[t] = g_j.reshape(-1) @ block
         return out
