@@ -308,9 +308,11 @@ def _nullable_nodes() -> frozenset[str]:
     for schema in MODEL_SCHEMAS.values():
         hints = typing.get_type_hints(schema)
         for f in dataclasses.fields(schema):
-            args = [a for a in typing.get_args(hints[f.name]) if a is not type(None)]
-            inner = typing.get_origin(args[0]) or args[0] if len(args) == 1 else None
-            if f.default is None and (inner is dict or dataclasses.is_dataclass(inner)):
+            inner = _bare(hints[f.name])
+            if inner is hints[f.name]:
+                continue  # not ``X | None``
+            if f.default is None and ((typing.get_origin(inner) or inner) is dict
+                                      or dataclasses.is_dataclass(inner)):
                 names.add(f.name)
     return frozenset(names)
 
