@@ -55,9 +55,15 @@ def use_one_of(key: str, allowed: Iterable[Any], value: Any = None, in_list: boo
     ``use one of them, e.g. key=<the allowed value closest to value, else the first>``
     (``key=[...]`` for an entry of a list)."""
     options = [str(a) for a in allowed]
-    close = difflib.get_close_matches(str(value), options, n=1) if value is not None else []
-    pick = close[0] if close else options[0] if options else "<value>"
+    pick = (closest(value, options) if value is not None else None) or (
+        options[0] if options else "<value>")
     return f"use one of them, e.g. {key}={f'[{pick}]' if in_list else pick}"
+
+
+def closest(value: Any, options: Iterable[Any]) -> str | None:
+    """The option most like ``value`` (``difflib``'s close match), None when none is close."""
+    close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
+    return close[0] if close else None
 
 
 def one_line(err: BaseException) -> str:

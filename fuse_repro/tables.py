@@ -23,7 +23,6 @@ scores, sentiment accuracy as a percentage).
 from __future__ import annotations
 
 import csv
-import difflib
 import io
 import json
 import logging
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fuse_repro.errors import ConfigError, use_one_of
+from fuse_repro.errors import ConfigError, closest, use_one_of
 from fuse_repro.records import (
     CAPTIONS_NAME,
     RUN_INFO_NAME,
@@ -420,7 +419,7 @@ def build_tables(
     unknown_roles = sorted(set(given) - set(DEFAULT_DATASETS))
     if unknown_roles:
         known = sorted(DEFAULT_DATASETS)
-        pick = (difflib.get_close_matches(unknown_roles[0], known, n=1) or known)[0]
+        pick = closest(unknown_roles[0], known) or known[0]
         raise ConfigError(f"unknown table.datasets roles {unknown_roles}; known: {known}; use "
                           f"one of them, e.g. table.datasets.{pick}=[<dataset names>]")
     roles = {role: [names] if isinstance(names, str) else list(names)

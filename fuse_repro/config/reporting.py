@@ -6,14 +6,13 @@ how defaults are single-sourced).
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
 from fuse_repro.coco_metrics import METRICS, canonical_metric
 from fuse_repro.config.schemas import check_choice, check_min
-from fuse_repro.errors import ConfigError
+from fuse_repro.errors import ConfigError, closest
 from fuse_repro.sentiment import SENTIMENT_RULES
 from fuse_repro.table_render import DEFAULT_DATASETS, FORMATS
 
@@ -112,7 +111,7 @@ class TableConfig:
         for role in self.datasets:
             if role not in DEFAULT_DATASETS:
                 known = sorted(DEFAULT_DATASETS)
-                pick = (difflib.get_close_matches(str(role), known, n=1) or known)[0]
+                pick = closest(role, known) or known[0]
                 raise ConfigError(f"unknown table.datasets role {role!r}; known: {known}; use "
                                   f"one of them, e.g. table.datasets.{pick}=[<dataset names>]")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import functools
 import re
 import types
@@ -26,7 +25,7 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 
 from fuse_repro.config.model import MODEL_SCHEMAS, ModelConfig
 from fuse_repro.config.root import FuseConfig
-from fuse_repro.errors import ConfigError, use_one_of
+from fuse_repro.errors import ConfigError, closest, use_one_of
 
 T = TypeVar("T")
 
@@ -116,8 +115,8 @@ def _check_keys(node: Any, where: str) -> None:
 def _known_keys_fix(key: str, known: list[str]) -> str:
     """The fix of an unknown key: the known key closest to it, and every known key."""
     parent, _, leaf = str(key).rpartition(".")
-    close = difflib.get_close_matches(leaf, known, n=1)
-    use = f"use {parent + '.' if parent else ''}{close[0]}" if close else "use one of its keys"
+    close = closest(leaf, known)
+    use = f"use {parent + '.' if parent else ''}{close}" if close else "use one of its keys"
     return f"{use} (known keys: {', '.join(known)})"
 
 
